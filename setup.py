@@ -1,0 +1,37 @@
+"""Packaging for ssebridge: a Twisted bridge from Redis pub/sub to Server-Sent Events."""
+
+from setuptools import find_packages, setup
+
+setup(
+    name="ssebridge",
+    version="0.1.0",
+    description="Hold thousands of Server-Sent Events clients for Python web apps, fed by Redis pub/sub.",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.11",
+    packages=find_packages(include=["ssebridge", "ssebridge.*"]) + ["twisted.plugins"],
+    package_data={"ssebridge": ["py.typed", "assets/*"], "twisted": ["plugins/ssebridge_plugin.py"]},
+    include_package_data=True,
+    install_requires=[
+        "twisted>=24.3.0",
+        "txredisapi>=1.6.0",
+        "klein>=24.8.0",
+        "hiredis>=2.3.0",
+    ],
+    extras_require={
+        "test": [
+            "pytest>=8.0",
+            "pytest-twisted>=1.14.3",
+            "hypothesis>=6.100",
+            "treq>=24.9.1",
+            "mypy>=1.10",
+            "ruff>=0.5",
+        ],
+    },
+    entry_points={"console_scripts": []},
+    classifiers=[
+        "Framework :: Twisted",
+        "Programming Language :: Python :: 3",
+        "Programming Language :: Python :: 3.11",
+    ],
+)

@@ -1,0 +1,210 @@
+"""The hub: channels and fan-out, knowing neither HTTP nor Redis.
+
+A ``Hub`` holds, per message server, one ``Transport`` and the channels subscribed through it. Each
+channel is one subscription, shared by all of its subscribers: the transport is asked to subscribe when
+the first subscriber arrives and to unsubscribe when the last leaves. When messages arrive, each batch
+is framed once per mode and the same bytes go to every subscriber of the channel as one write.
+
+Transports are pluggable (Redis pub/sub today; Redis Streams, Sentinel, Cluster later): anything with
+``subscribe``/``unsubscribe``/``stop`` that reports back to the ``ChannelGroup`` it was built with.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Hashable, Iterable, Mapping
+from typing import Protocol
+
+from twisted.internet.defer import Deferred, gatherResults, succeed
+from twisted.logger import Logger
+
+from ssebridge.frames import encode_batch, encode_raw
+
+log = Logger()
+
+
+class Subscriber(Protocol):
+    """One client of a channel, as the hub sees it."""
+
+    #: ``"sse"`` gets WHATWG frames, ``"sseraw"`` the message bytes untouched.
+    mode: str
+
+    def send(self, data: bytes) -> None:
+        """Deliver already-framed bytes; must not raise (a failing client detaches itself)."""
+
+
+class Transport(Protocol):
+    """A message source for one server. Calls are requests; results come back to its group."""
+
+    def subscribe(self, channel: bytes) -> None:
+        """Start (or, after a reconnect, restart) delivering ``channel``; idempotent."""
+
+    def unsubscribe(self, channel: bytes) -> None:
+        """Stop delivering ``channel``."""
+
+    def stop(self) -> Deferred[None]:
+        """Close the transport's connections for good."""
+
+
+TransportFactory = Callable[[Hashable, "ChannelGroup"], Transport]
+
+
+class Channel:
+    """One subscribed channel: its subscribers, and whether the subscription is confirmed.
+
+    Subscribers that arrive before the subscription is confirmed wait in ``_waiting`` and are not sent
+    anything: their response has not started, and a message that arrives before the confirmation was
+    published before they could be promised it.
+    """
+
+    __slots__ = ("name", "confirmed", "_sse", "_raw", "_waiting")
+
+    def __init__(self, name: bytes) -> None:
+        self.name = name
+        self.confirmed = False
+        self._sse: set[Subscriber] = set()
+        self._raw: set[Subscriber] = set()
+        self._waiting: dict[Subscriber, Deferred[None]] = {}
+
+    def __len__(self) -> int:
+        return len(self._sse) + len(self._raw) + len(self._waiting)
+
+    def _active_set(self, subscriber: Subscriber) -> set[Subscriber]:
+        return self._raw if subscriber.mode == "sseraw" else self._sse
+
+    def add(self, subscriber: Subscriber) -> Deferred[None]:
+        if self.confirmed:
+            self._active_set(subscriber).add(subscriber)
+            return succeed(None)
+        d: Deferred[None] = Deferred(lambda _: self._waiting.pop(subscriber, None))
+        self._waiting[subscriber] = d
+        return d
+
+    def activate_early(self, subscriber: Subscriber) -> None:
+        """Let a waiting subscriber receive messages before confirmation (its stream has started)."""
+        if self._waiting.pop(subscriber, None) is not None:
+            self._active_set(subscriber).add(subscriber)
+
+    def remove(self, subscriber: Subscriber) -> None:
+        self._sse.discard(subscriber)
+        self._raw.discard(subscriber)
+        waiting = self._waiting.pop(subscriber, None)
+        if waiting is not None and not waiting.called:
+            waiting.cancel()
+
+    def confirm(self) -> None:
+        self.confirmed = True
+        waiting, self._waiting = self._waiting, {}
+        for subscriber, d in waiting.items():
+            self._active_set(subscriber).add(subscriber)
+        for d in waiting.values():
+            d.callback(None)
+
+    def deliver(self, messages: list[bytes]) -> None:
+        # Snapshot the sets: a subscriber's send may detach it (a slow client cut off).
+        if self._sse:
+            data = encode_batch(messages)
+            for subscriber in tuple(self._sse):
+                subscriber.send(data)
+        if self._raw:
+            data = encode_raw(messages)
+            for subscriber in tuple(self._raw):
+                subscriber.send(data)
+
+
+class ChannelGroup:
+    """The channels of one server, and the transport that feeds them.
+
+    The transport reports to the group: ``subscribed`` when a subscription is confirmed, ``deliver``
+    with the messages that arrived together, ``disconnected`` when its connection is lost.
+    """
+
+    def __init__(self, key: Hashable, make_transport: TransportFactory) -> None:
+        self.key = key
+        self.channels: dict[bytes, Channel] = {}
+        self.transport = make_transport(key, self)
+
+    def attach(self, channel: bytes, subscriber: Subscriber) -> Deferred[None]:
+        ch = self.channels.get(channel)
+        if ch is None:
+            ch = self.channels[channel] = Channel(channel)
+            self.transport.subscribe(channel)
+        return ch.add(subscriber)
+
+    def detach(self, channel: bytes, subscriber: Subscriber) -> None:
+        ch = self.channels.get(channel)
+        if ch is None:
+            return
+        ch.remove(subscriber)
+        if not len(ch):
+            del self.channels[channel]
+            self.transport.unsubscribe(channel)
+
+    # Called by the transport.
+
+    def subscribed(self, channel: bytes) -> None:
+        ch = self.channels.get(channel)
+        if ch is not None and not ch.confirmed:
+            ch.confirm()
+
+    def deliver(self, batch: Mapping[bytes, list[bytes]]) -> None:
+        channels = self.channels
+        for name, messages in batch.items():
+            ch = channels.get(name)
+            if ch is not None:
+                ch.deliver(messages)
+
+    def disconnected(self) -> None:
+        # New subscribers wait for the resubscription to be confirmed; current ones stay attached and
+        # receive again as soon as the transport has resubscribed.
+        for ch in self.channels.values():
+            ch.confirmed = False
+
+    def live_channels(self) -> Iterable[bytes]:
+        return list(self.channels)
+
+
+class Hub:
+    """Every channel of this process, grouped by server; one transport per server, made on demand."""
+
+    def __init__(self, make_transport: TransportFactory) -> None:
+        self._make_transport = make_transport
+        self.groups: dict[Hashable, ChannelGroup] = {}
+
+    def _group(self, server: Hashable) -> ChannelGroup:
+        group = self.groups.get(server)
+        if group is None:
+            group = self.groups[server] = ChannelGroup(server, self._make_transport)
+        return group
+
+    def attach(self, server: Hashable, channel: bytes, subscriber: Subscriber) -> Deferred[None]:
+        """Add a subscriber; the Deferred fires once the channel's subscription is confirmed.
+
+        Cancelling the Deferred (the client left while waiting) withdraws the subscriber.
+        """
+        return self._group(server).attach(channel, subscriber)
+
+    def activate_early(self, server: Hashable, channel: bytes, subscriber: Subscriber) -> None:
+        """Deliver to a subscriber still waiting for confirmation (its stream started without it)."""
+        group = self.groups.get(server)
+        if group is not None:
+            ch = group.channels.get(channel)
+            if ch is not None:
+                ch.activate_early(subscriber)
+
+    def detach(self, server: Hashable, channel: bytes, subscriber: Subscriber) -> None:
+        """Remove a subscriber; the last one out releases the subscription."""
+        group = self.groups.get(server)
+        if group is not None:
+            group.detach(channel, subscriber)
+
+    def subscriber_count(self) -> int:
+        return sum(len(ch) for g in self.groups.values() for ch in g.channels.values())
+
+    def channel_count(self) -> int:
+        return sum(len(g.channels) for g in self.groups.values())
+
+    def stop(self) -> Deferred[None]:
+        """Stop every transport."""
+        groups, self.groups = list(self.groups.values()), {}
+        d = gatherResults([g.transport.stop() for g in groups], consumeErrors=True)
+        return d.addCallback(lambda _: None)

@@ -1,0 +1,224 @@
+"""The Redis pub/sub transport: one txredisapi connection per Redis server, carrying every channel.
+
+txredisapi does the connecting, AUTH/SELECT, TLS and reconnect-with-backoff. What it does not do, this
+module adds: it resubscribes every live channel after a reconnect, sends one channel per SUBSCRIBE
+(a multi-channel SUBSCRIBE desynchronises txredisapi's reply queue), keeps payloads as bytes, and
+parses the subscriber's replies itself so that every message read in one ``dataReceived`` reaches the
+hub as one batch per channel (one write per client for a burst, not one per message).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable
+from typing import Any, cast
+
+import txredisapi
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.endpoints import HostnameEndpoint, UNIXClientEndpoint, wrapClientTLS
+from twisted.internet.interfaces import IReactorTime, IStreamClientEndpoint
+from twisted.internet.ssl import optionsForClientTLS
+from twisted.logger import Logger
+
+from ssebridge.hub import ChannelGroup
+from ssebridge.redisaddr import RedisServer
+
+log = Logger()
+
+_MESSAGE = b"message"
+_SUBSCRIBE = b"subscribe"
+_UNSUBSCRIBE = b"unsubscribe"
+_PUBSUB_REPLIES = frozenset([b"subscribe", b"unsubscribe", b"psubscribe", b"punsubscribe"])
+
+
+def encode_command(*args: bytes) -> bytes:
+    """A RESP array of bulk strings: arguments are length-prefixed, never spliced into the command."""
+    parts = [b"*%d\r\n" % len(args)]
+    for arg in args:
+        parts.append(b"$%d\r\n%s\r\n" % (len(arg), arg))
+    return b"".join(parts)
+
+
+def endpoint_for(reactor: Any, server: RedisServer) -> IStreamClientEndpoint:
+    """The Twisted client endpoint that reaches ``server``."""
+    if server.kind == "unix":
+        return UNIXClientEndpoint(reactor, server.path)
+    endpoint: IStreamClientEndpoint = HostnameEndpoint(reactor, server.host, server.port)
+    if server.kind == "tls":
+        endpoint = wrapClientTLS(optionsForClientTLS(server.host), endpoint)
+    return endpoint
+
+
+class _SubscriberProtocol(txredisapi.SubscriberProtocol):  # type: ignore[misc]
+    """txredisapi's subscriber, with a reply loop that batches messages and tracks subscriptions."""
+
+    factory: _Factory
+
+    def connectionMade(self) -> Deferred[None]:
+        d = cast(Deferred[None], super().connectionMade())
+        # The base class runs AUTH and SELECT first and sets _ready once the connection is usable;
+        # only then may the channels be resubscribed.
+        d.addCallback(self._maybeReady)
+        return d
+
+    def _maybeReady(self, _: object) -> None:
+        if self._ready:
+            self.factory.owner.connection_ready(self)
+
+    def connectionLost(self, why: Any) -> None:
+        super().connectionLost(why)
+        self.factory.owner.connection_lost(self, why)
+
+    def dataReceived(self, data: bytes, unpause: bool = False) -> None:
+        reader = self._reader
+        if data:
+            reader.feed(data)
+        batch: dict[bytes, list[bytes]] | None = None
+        owner = self.factory.owner
+        while True:
+            reply = reader.gets()
+            if reply is False:
+                break
+            if type(reply) is list and len(reply) == 3 and reply[0] == _MESSAGE:
+                if batch is None:
+                    batch = {}
+                messages = batch.get(reply[1])
+                if messages is None:
+                    batch[reply[1]] = [reply[2]]
+                else:
+                    messages.append(reply[2])
+                continue
+            # Anything else is ordered against the messages around it: deliver what came before first.
+            if batch is not None:
+                owner.deliver(batch)
+                batch = None
+            if type(reply) is list and len(reply) == 3 and reply[0] in _PUBSUB_REPLIES:
+                # Our own SUBSCRIBE/UNSUBSCRIBE confirmations: sent raw, so no Deferred waits for them.
+                if reply[0] == _SUBSCRIBE:
+                    owner.subscribed(reply[1])
+                continue
+            # AUTH, SELECT and PING replies go to txredisapi's queue, which has Deferreds waiting.
+            self.replyReceived(reply)
+        if batch is not None:
+            owner.deliver(batch)
+
+
+class _Factory(txredisapi.RedisFactory):  # type: ignore[misc]
+    protocol = _SubscriberProtocol
+    # Reconnect quickly: it is one connection per Redis server, not a storm, and every client of the
+    # server waits on it.
+    initialDelay = 0.1
+    factor = 2.0
+    maxDelay = 1.0
+    jitter = 0.2
+
+    owner: RedisTransport
+
+
+class RedisTransport:
+    """Subscriptions to one Redis server, kept alive across disconnects.
+
+    ``wanted`` is the set of channels the hub wants; after every (re)connect each is subscribed again,
+    so a Redis restart costs the clients only the messages published while it was away.
+    """
+
+    def __init__(self, server: RedisServer, group: ChannelGroup, reactor: IReactorTime | None = None) -> None:
+        if reactor is None:
+            from twisted.internet import reactor as default_reactor
+
+            reactor = cast(IReactorTime, default_reactor)
+        self.server = server
+        self.group = group
+        self.reactor = reactor
+        self.wanted: set[bytes] = set()
+        # SUBSCRIBEs sent and not yet confirmed, per channel: a channel is confirmed to the hub only when
+        # its last one is, so a confirmation that belongs to an older SUBSCRIBE (one followed by an
+        # UNSUBSCRIBE and a new SUBSCRIBE) never starts a stream early.
+        self._inflight: dict[bytes, int] = {}
+        self.protocol: _SubscriberProtocol | None = None
+        self.connects = 0
+        self._stopped = False
+        factory = _Factory(
+            None,
+            server.db,
+            1,
+            isLazy=True,
+            charset=None,
+            password=server.password,
+            convertNumbers=False,
+            username=server.username,
+        )
+        factory.owner = self
+        self._factory = factory
+        factory.startConnecting(endpoint_for(reactor, server))
+        log.info("redis {server}: connecting", server=server.describe())
+
+    @property
+    def connected(self) -> bool:
+        return self.protocol is not None
+
+    # The hub's requests.
+
+    def subscribe(self, channel: bytes) -> None:
+        self.wanted.add(channel)
+        if self.protocol is not None:
+            self._inflight[channel] = self._inflight.get(channel, 0) + 1
+            self.protocol.transport.write(encode_command(b"SUBSCRIBE", channel))
+
+    def unsubscribe(self, channel: bytes) -> None:
+        self.wanted.discard(channel)
+        if self.protocol is not None:
+            self.protocol.transport.write(encode_command(b"UNSUBSCRIBE", channel))
+
+    def stop(self) -> Deferred[None]:
+        self._stopped = True
+        d = self._factory.disconnect()
+        return cast(Deferred[None], d.addCallback(lambda _: None)) if d is not None else succeed(None)
+
+    # The connection's reports.
+
+    def connection_ready(self, protocol: _SubscriberProtocol) -> None:
+        self.protocol = protocol
+        self.connects += 1
+        log.info(
+            "redis {server}: connected, subscribing {count} channels",
+            server=self.server.describe(),
+            count=len(self.wanted),
+        )
+        self._inflight = dict.fromkeys(self.wanted, 1)
+        if self.wanted:
+            # One channel per command, all in one write.
+            protocol.transport.write(b"".join(encode_command(b"SUBSCRIBE", ch) for ch in self.wanted))
+
+    def connection_lost(self, protocol: _SubscriberProtocol, why: Any) -> None:
+        if self.protocol is protocol:
+            self.protocol = None
+            self.group.disconnected()
+            if not self._stopped:
+                log.warn(
+                    "redis {server}: connection lost ({why}); reconnecting",
+                    server=self.server.describe(),
+                    why=why.getErrorMessage() if hasattr(why, "getErrorMessage") else why,
+                )
+
+    def subscribed(self, channel: bytes) -> None:
+        left = self._inflight.get(channel, 0) - 1
+        if left > 0:
+            self._inflight[channel] = left
+            return
+        self._inflight.pop(channel, None)
+        # A confirmation for a channel nobody wants any longer is followed by our UNSUBSCRIBE.
+        if channel in self.wanted:
+            self.group.subscribed(channel)
+
+    def deliver(self, batch: dict[bytes, list[bytes]]) -> None:
+        self.group.deliver(batch)
+
+
+def redis_transport_factory(reactor: IReactorTime | None = None) -> Any:
+    """A ``TransportFactory`` for the hub: one ``RedisTransport`` per ``RedisServer`` key."""
+
+    def make(key: Hashable, group: ChannelGroup) -> RedisTransport:
+        assert isinstance(key, RedisServer)
+        return RedisTransport(key, group, reactor)
+
+    return make

@@ -1,0 +1,34 @@
+"""twistd plugin: ``twistd -n ssebridge [--config FILE]``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.application.service import IServiceMaker
+from twisted.plugin import IPlugin
+from twisted.python import usage
+from zope.interface import implementer
+
+
+class Options(usage.Options):
+    synopsis = "[--config FILE]"
+    longdesc = (
+        "Bridge Redis pub/sub channels to Server-Sent Events clients. Without --config, runs the built-in "
+        "default: 127.0.0.1:9090, Redis at 127.0.0.1:6379, /events/<channel>, and the /clock demo."
+    )
+    optParameters = [["config", "c", None, "configuration file (.toml, or a uWSGI .ini)"]]
+
+
+@implementer(IServiceMaker, IPlugin)
+class ServiceMaker:
+    tapname = "ssebridge"
+    description = "Redis pub/sub to Server-Sent Events bridge."
+    options = Options
+
+    def makeService(self, options: Any) -> Any:
+        from ssebridge.cli import make_service
+
+        return make_service(options)
+
+
+serviceMaker = ServiceMaker()
