@@ -18,6 +18,7 @@ from twisted.internet.defer import Deferred, gatherResults, succeed
 from twisted.logger import Logger
 
 from ssebridge.frames import encode_batch, encode_raw
+from ssebridge.stats import Stats
 
 log = Logger()
 
@@ -45,6 +46,9 @@ class Transport(Protocol):
         """Close the transport's connections for good."""
 
 
+#: Messages larger than this are not delivered (logged and counted): 0 means no limit.
+DEFAULT_MAX_MESSAGE_SIZE = 1024 * 1024
+
 TransportFactory = Callable[[Hashable, "ChannelGroup"], Transport]
 
 
@@ -56,10 +60,11 @@ class Channel:
     published before they could be promised it.
     """
 
-    __slots__ = ("name", "confirmed", "_sse", "_raw", "_waiting")
+    __slots__ = ("name", "confirmed", "stats", "_sse", "_raw", "_waiting")
 
-    def __init__(self, name: bytes) -> None:
+    def __init__(self, name: bytes, stats: Stats) -> None:
         self.name = name
+        self.stats = stats
         self.confirmed = False
         self._sse: set[Subscriber] = set()
         self._raw: set[Subscriber] = set()
@@ -94,21 +99,28 @@ class Channel:
     def confirm(self) -> None:
         self.confirmed = True
         waiting, self._waiting = self._waiting, {}
-        for subscriber, d in waiting.items():
+        for subscriber in waiting:
             self._active_set(subscriber).add(subscriber)
         for d in waiting.values():
             d.callback(None)
 
     def deliver(self, messages: list[bytes]) -> None:
         # Snapshot the sets: a subscriber's send may detach it (a slow client cut off).
+        stats = self.stats
         if self._sse:
             data = encode_batch(messages)
-            for subscriber in tuple(self._sse):
+            targets = tuple(self._sse)
+            for subscriber in targets:
                 subscriber.send(data)
+            stats.frames_delivered += len(targets) * len(messages)
+            stats.bytes_delivered += len(targets) * len(data)
         if self._raw:
             data = encode_raw(messages)
-            for subscriber in tuple(self._raw):
+            targets = tuple(self._raw)
+            for subscriber in targets:
                 subscriber.send(data)
+            stats.frames_delivered += len(targets) * len(messages)
+            stats.bytes_delivered += len(targets) * len(data)
 
 
 class ChannelGroup:
@@ -118,15 +130,19 @@ class ChannelGroup:
     with the messages that arrived together, ``disconnected`` when its connection is lost.
     """
 
-    def __init__(self, key: Hashable, make_transport: TransportFactory) -> None:
+    def __init__(
+        self, key: Hashable, make_transport: TransportFactory, stats: Stats, max_message_size: int
+    ) -> None:
         self.key = key
+        self.stats = stats
+        self.max_message_size = max_message_size
         self.channels: dict[bytes, Channel] = {}
         self.transport = make_transport(key, self)
 
     def attach(self, channel: bytes, subscriber: Subscriber) -> Deferred[None]:
         ch = self.channels.get(channel)
         if ch is None:
-            ch = self.channels[channel] = Channel(channel)
+            ch = self.channels[channel] = Channel(channel, self.stats)
             self.transport.subscribe(channel)
         return ch.add(subscriber)
 
@@ -148,10 +164,33 @@ class ChannelGroup:
 
     def deliver(self, batch: Mapping[bytes, list[bytes]]) -> None:
         channels = self.channels
+        limit = self.max_message_size
+        stats = self.stats
         for name, messages in batch.items():
+            stats.messages_received += len(messages)
             ch = channels.get(name)
-            if ch is not None:
-                ch.deliver(messages)
+            if ch is None:
+                continue
+            if limit and any(len(m) > limit for m in messages):
+                messages = self._drop_oversize(name, messages)
+                if not messages:
+                    continue
+            ch.deliver(messages)
+
+    def _drop_oversize(self, name: bytes, messages: list[bytes]) -> list[bytes]:
+        kept = []
+        for m in messages:
+            if len(m) > self.max_message_size:
+                self.stats.messages_oversize += 1
+                log.warn(
+                    "message of {size} bytes on {channel!r} is over the limit of {limit}; not delivered",
+                    size=len(m),
+                    channel=name,
+                    limit=self.max_message_size,
+                )
+            else:
+                kept.append(m)
+        return kept
 
     def disconnected(self) -> None:
         # New subscribers wait for the resubscription to be confirmed; current ones stay attached and
@@ -166,15 +205,32 @@ class ChannelGroup:
 class Hub:
     """Every channel of this process, grouped by server; one transport per server, made on demand."""
 
-    def __init__(self, make_transport: TransportFactory) -> None:
+    def __init__(
+        self,
+        make_transport: TransportFactory,
+        stats: Stats | None = None,
+        max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
+    ) -> None:
         self._make_transport = make_transport
+        self.stats = stats if stats is not None else Stats()
+        self.max_message_size = max_message_size
         self.groups: dict[Hashable, ChannelGroup] = {}
 
     def _group(self, server: Hashable) -> ChannelGroup:
         group = self.groups.get(server)
         if group is None:
-            group = self.groups[server] = ChannelGroup(server, self._make_transport)
+            group = self.groups[server] = ChannelGroup(
+                server, self._make_transport, self.stats, self.max_message_size
+            )
         return group
+
+    def connect(self, server: Hashable) -> None:
+        """Open the transport for ``server`` ahead of the first subscriber."""
+        self._group(server)
+
+    def connected(self) -> bool:
+        """Whether every transport reports a live connection (what readiness means)."""
+        return all(getattr(g.transport, "connected", True) for g in self.groups.values())
 
     def attach(self, server: Hashable, channel: bytes, subscriber: Subscriber) -> Deferred[None]:
         """Add a subscriber; the Deferred fires once the channel's subscription is confirmed.

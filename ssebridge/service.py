@@ -1,21 +1,22 @@
 """The service that wires it all together: hub, Redis transports, the HTTP router, listeners, mules.
 
 ``BridgeService`` is a Twisted ``MultiService``: ``twistd ssebridge`` runs one, and any Twisted program
-can run one too (``BridgeService(load_config(path)).setServiceParent(app)``).
+can run one too (``BridgeService(load_config(path)).setServiceParent(application)``).
 """
 
 from __future__ import annotations
 
+import resource
 from typing import Any
 
 from twisted.application.service import MultiService
-from twisted.internet.defer import Deferred, DeferredList, inlineCallbacks, maybeDeferred
+from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import IListeningPort
 from twisted.logger import Logger
-from twisted.web.server import Site
 
 from ssebridge.config import Config
+from ssebridge.httpchannel import BridgeSite
 from ssebridge.hub import Hub
 from ssebridge.transport import redis_transport_factory
 from ssebridge.web import Bridge
@@ -24,25 +25,35 @@ log = Logger()
 
 #: Pending connections the kernel queues per listener: browsers reconnect in crowds.
 DEFAULT_BACKLOG = 4096
+#: File descriptors kept back from the stream limit for Redis, listeners, static files and upstreams.
+FD_HEADROOM = 64
 
 
 def with_backlog(description: str) -> str:
     """Add a deep listen backlog to a ``tcp:``/``unix:`` endpoint string that does not name one."""
     kind = description.split(":", 1)[0]
     if kind in ("tcp", "tcp6", "unix", "ssl") and "backlog=" not in description:
-        return description + ":backlog=%d" % DEFAULT_BACKLOG
+        return f"{description}:backlog={DEFAULT_BACKLOG}"
     return description
 
 
-class QuietSite(Site):
-    """A ``Site`` that never shows a traceback to a client and keeps streaming requests off its log."""
+def raise_fd_limit() -> int:
+    """Raise the soft open-files limit to the hard limit; return the limit in force."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY:
+        hard = max(soft, 1 << 20)
+    if soft < hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+        except (ValueError, OSError) as e:
+            log.warn("could not raise the open-files limit to {hard}: {error}", hard=hard, error=str(e))
+    return soft
 
-    displayTracebacks = False
 
-    def log(self, request: Any) -> None:
-        # One access-log line per finished request is written by the stream itself; the default
-        # combined-log line would be noise for thousands of long-lived streams.
-        return None
+def default_max_streams(fd_limit: int) -> int:
+    """Streams allowed for an fd limit: every stream holds one descriptor; keep a tenth in reserve."""
+    return max(1, fd_limit - max(FD_HEADROOM, fd_limit // 10))
 
 
 class BridgeService(MultiService):
@@ -56,30 +67,50 @@ class BridgeService(MultiService):
             reactor = default_reactor
         self.config = config
         self.reactor = reactor
-        self.hub = Hub(redis_transport_factory(reactor))
+        self.hub = Hub(redis_transport_factory(reactor), max_message_size=config.max_message_size)
         self.bridge = Bridge(
             self.hub,
             rules=config.rules,
             static_maps=config.static_maps,
             default_server=config.redis,
+            max_buffer=config.client_buffer,
+            confirm_timeout=config.confirm_timeout,
+            max_streams=config.max_streams,
             reactor=reactor,
         )
-        self.site = QuietSite(self.bridge.resource())
+        self.site = BridgeSite(self.bridge.resource(), header_timeout=config.header_timeout)
         self.ports: list[IListeningPort] = []
         from ssebridge.mule import MuleService
 
         for spec in config.mules:
             MuleService(spec).setServiceParent(self)
 
-    @inlineCallbacks
-    def startService(self) -> Any:
+    @property
+    def stats(self) -> Any:
+        return self.hub.stats
+
+    def startService(self) -> Deferred[None]:
+        return Deferred.fromCoroutine(self._start())
+
+    async def _start(self) -> None:
         for warning in self.config.warnings:
             log.warn("config: {warning}", warning=warning)
+        fd_limit = raise_fd_limit()
+        if not self.bridge.max_streams:
+            self.bridge.max_streams = default_max_streams(fd_limit)
+        log.info(
+            "open-files limit {fds}; at most {streams} streams",
+            fds=fd_limit,
+            streams=self.bridge.max_streams,
+        )
+        # Connect to the default Redis server now, not on the first client: readiness means Redis is up.
+        self.hub.connect(self.config.redis)
         for description in self.config.listen:
             endpoint = serverFromString(self.reactor, with_backlog(description))
-            port = yield endpoint.listen(self.site)
+            port = await endpoint.listen(self.site)
             self.ports.append(port)
             log.info("listening on {address}", address=str(port.getHost()))
+        self.bridge.start_heartbeat(self.config.heartbeat)
         super().startService()
 
     def stopService(self) -> Deferred[None]:
@@ -89,6 +120,8 @@ class BridgeService(MultiService):
         try:
             ports, self.ports = self.ports, []
             await DeferredList([maybeDeferred(p.stopListening) for p in ports], consumeErrors=True)
+            log.info("stopping: closing {count} streams", count=len(self.bridge.streams))
+            await self.bridge.close_all(self.config.shutdown_window, self.config.retry_ms)
             await maybeDeferred(super().stopService)
             await self.hub.stop()
         except Exception:

@@ -8,7 +8,8 @@ be mounted in any twisted.web ``Site`` or returned from a Klein route.
 
 from __future__ import annotations
 
-from collections.abc import Hashable
+import time
+from collections.abc import Callable, Hashable
 from typing import Any
 
 from twisted.internet.defer import CancelledError, Deferred
@@ -27,6 +28,9 @@ log = Logger()
 #: Default bound on what one client may have queued and unsent, beyond the kernel's and Twisted's
 #: own buffers, before it is cut off as too slow.
 DEFAULT_MAX_BUFFER = 1024 * 1024
+
+#: The close reason of a client cut off for not reading fast enough.
+SLOW_CLIENT = "slow client"
 
 STREAM_HEADERS = (
     (b"Content-Type", b"text/event-stream"),
@@ -59,9 +63,10 @@ class Stream:
         "_max_buffer",
         "_closed",
         "_started",
+        "_on_close",
+        "opened_at",
         "frames",
         "bytes",
-        "__weakref__",
     )
 
     def __init__(
@@ -72,6 +77,7 @@ class Stream:
         channel: bytes,
         mode: str = "sse",
         max_buffer: int = DEFAULT_MAX_BUFFER,
+        on_close: Callable[[Stream, str], None] | None = None,
     ) -> None:
         self.mode = mode
         self._request = request
@@ -86,8 +92,23 @@ class Stream:
         self._max_buffer = max_buffer
         self._closed = False
         self._started = False
+        self._on_close = on_close
+        self.opened_at = time.monotonic()
+        hub.stats.streams_opened += 1
         self.frames = 0
         self.bytes = 0
+
+    @property
+    def request(self) -> Request:
+        return self._request
+
+    @property
+    def server(self) -> Hashable:
+        return self._server
+
+    @property
+    def started(self) -> bool:
+        return self._started
 
     @property
     def channel(self) -> bytes:
@@ -119,7 +140,7 @@ class Stream:
             self._pending.append(data)
             self._pending_bytes += len(data)
             if self._pending_bytes > self._max_buffer:
-                self.close("slow client: buffer limit exceeded", abort=True)
+                self.close(SLOW_CLIENT, abort=True)
             return
         self._write(data)
 
@@ -155,9 +176,14 @@ class Stream:
         self._closed = True
         self._pending = []
         self._hub.detach(self._server, self._channel, self)
+        stats = self._hub.stats
+        stats.streams_closed += 1
+        if reason == SLOW_CLIENT:
+            stats.slow_clients_disconnected += 1
+        if self._on_close is not None:
+            self._on_close(self, reason)
+        self._log_close(reason)
         request = self._request
-        if abort:
-            log.warn("stream {channel!r} cut off: {reason}", channel=self._channel, reason=reason)
         if request.finished or request._disconnected:
             return
         if self._started:
@@ -168,6 +194,20 @@ class Stream:
             self._transport.abortConnection()
             return
         request.finish()
+
+
+    def _log_close(self, reason: str) -> None:
+        client = self._request.getClientAddress()
+        log.info(
+            "stream closed: channel={channel} client={client} duration={duration:.1f}s frames={frames} "
+            "bytes={bytes} reason={reason}",
+            channel=self._channel.decode("utf-8", "replace"),
+            client=getattr(client, "host", str(client)),
+            duration=time.monotonic() - self.opened_at,
+            frames=self.frames,
+            bytes=self.bytes,
+            reason=reason,
+        )
 
 
 class ChannelResource(Resource):
@@ -207,7 +247,9 @@ class ChannelResource(Resource):
 
     def render(self, request: Request) -> int:  # type: ignore[override]
         stream = Stream(request, self.hub, self.redis_server, self.channel, self.mode, self.max_buffer)
-        attach_stream(stream, request, self.hub, self.redis_server, self.channel, self.confirm_timeout, self.reactor)
+        attach_stream(
+            stream, request, self.hub, self.redis_server, self.channel, self.confirm_timeout, self.reactor
+        )
         return NOT_DONE_YET
 
 
@@ -251,7 +293,7 @@ def attach_stream(
 
 def _start_unconfirmed(stream: Stream, hub: Hub, server: Hashable, channel: bytes) -> None:
     log.warn(
-        "subscription to {channel!r} not confirmed in time; starting the stream, it receives once resubscribed",
+        "subscription to {channel!r} not confirmed in time; stream started, receiving once resubscribed",
         channel=channel,
     )
     hub.activate_early(server, channel, stream)

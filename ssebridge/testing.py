@@ -376,7 +376,9 @@ class SSEClient(Protocol):
         self._notify()
         return d.addTimeout(timeout, reactor)  # type: ignore[arg-type]
 
-    def connectionLost(self, reason: Failure = Failure(ConnectionError())) -> None:
+    def connectionLost(self, reason: Failure | None = None) -> None:
+        if reason is None:
+            reason = Failure(ConnectionError("connection lost"))
         if not self.headers_received.called:
             self.headers_received.errback(reason)
         for _, d in self._waiters:

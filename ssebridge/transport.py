@@ -17,6 +17,7 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.internet.endpoints import HostnameEndpoint, UNIXClientEndpoint, wrapClientTLS
 from twisted.internet.interfaces import IReactorTime, IStreamClientEndpoint
 from twisted.internet.ssl import optionsForClientTLS
+from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from ssebridge.hub import ChannelGroup
@@ -28,6 +29,12 @@ _MESSAGE = b"message"
 _SUBSCRIBE = b"subscribe"
 _UNSUBSCRIBE = b"unsubscribe"
 _PUBSUB_REPLIES = frozenset([b"subscribe", b"unsubscribe", b"psubscribe", b"punsubscribe"])
+_PONG = b"pong"
+_PING_COMMAND = b"*1\r\n$4\r\nPING\r\n"
+
+#: Seconds between liveness checks of a Redis connection, and of silence after which it is dead.
+DEFAULT_HEALTH_INTERVAL = 1.0
+DEFAULT_HEALTH_TIMEOUT = 3.0
 
 
 def encode_command(*args: bytes) -> bytes:
@@ -70,10 +77,11 @@ class _SubscriberProtocol(txredisapi.SubscriberProtocol):  # type: ignore[misc]
 
     def dataReceived(self, data: bytes, unpause: bool = False) -> None:
         reader = self._reader
+        owner = self.factory.owner
         if data:
             reader.feed(data)
+            owner.last_seen = owner.reactor.seconds()
         batch: dict[bytes, list[bytes]] | None = None
-        owner = self.factory.owner
         while True:
             reply = reader.gets()
             if reply is False:
@@ -96,7 +104,9 @@ class _SubscriberProtocol(txredisapi.SubscriberProtocol):  # type: ignore[misc]
                 if reply[0] == _SUBSCRIBE:
                     owner.subscribed(reply[1])
                 continue
-            # AUTH, SELECT and PING replies go to txredisapi's queue, which has Deferreds waiting.
+            if type(reply) is list and len(reply) == 2 and reply[0] == _PONG:
+                continue  # our health check's PING: receiving anything was the point
+            # AUTH and SELECT replies go to txredisapi's queue, which has Deferreds waiting.
             self.replyReceived(reply)
         if batch is not None:
             owner.deliver(batch)
@@ -121,7 +131,14 @@ class RedisTransport:
     so a Redis restart costs the clients only the messages published while it was away.
     """
 
-    def __init__(self, server: RedisServer, group: ChannelGroup, reactor: IReactorTime | None = None) -> None:
+    def __init__(
+        self,
+        server: RedisServer,
+        group: ChannelGroup,
+        reactor: IReactorTime | None = None,
+        health_interval: float = DEFAULT_HEALTH_INTERVAL,
+        health_timeout: float = DEFAULT_HEALTH_TIMEOUT,
+    ) -> None:
         if reactor is None:
             from twisted.internet import reactor as default_reactor
 
@@ -136,6 +153,10 @@ class RedisTransport:
         self._inflight: dict[bytes, int] = {}
         self.protocol: _SubscriberProtocol | None = None
         self.connects = 0
+        self.last_seen = 0.0
+        self.health_interval = health_interval
+        self.health_timeout = health_timeout
+        self._health: LoopingCall | None = None
         self._stopped = False
         factory = _Factory(
             None,
@@ -171,6 +192,7 @@ class RedisTransport:
 
     def stop(self) -> Deferred[None]:
         self._stopped = True
+        self._stop_health()
         d = self._factory.disconnect()
         return cast(Deferred[None], d.addCallback(lambda _: None)) if d is not None else succeed(None)
 
@@ -179,6 +201,12 @@ class RedisTransport:
     def connection_ready(self, protocol: _SubscriberProtocol) -> None:
         self.protocol = protocol
         self.connects += 1
+        self.group.stats.redis_connects += 1
+        self.last_seen = self.reactor.seconds()
+        if self.health_interval > 0:
+            self._health = LoopingCall(self._check_health)
+            self._health.clock = self.reactor
+            self._health.start(self.health_interval, now=False)
         log.info(
             "redis {server}: connected, subscribing {count} channels",
             server=self.server.describe(),
@@ -192,6 +220,8 @@ class RedisTransport:
     def connection_lost(self, protocol: _SubscriberProtocol, why: Any) -> None:
         if self.protocol is protocol:
             self.protocol = None
+            self._stop_health()
+            self.group.stats.redis_disconnects += 1
             self.group.disconnected()
             if not self._stopped:
                 log.warn(
@@ -199,6 +229,32 @@ class RedisTransport:
                     server=self.server.describe(),
                     why=why.getErrorMessage() if hasattr(why, "getErrorMessage") else why,
                 )
+
+    def _stop_health(self) -> None:
+        if self._health is not None and self._health.running:
+            self._health.stop()
+        self._health = None
+
+    def _check_health(self) -> None:
+        """Cut a connection that has been silent too long; a sent PING alone proves nothing.
+
+        A frozen Redis (or a half-open socket) keeps the TCP connection open and answers nothing, so
+        liveness is judged by what arrives: any reply or message counts, and a PING makes one due.
+        """
+        protocol = self.protocol
+        if protocol is None:
+            return
+        silent = self.reactor.seconds() - self.last_seen
+        if silent > self.health_timeout:
+            log.warn(
+                "redis {server}: no reply for {silent:.1f}s; dropping the connection",
+                server=self.server.describe(),
+                silent=silent,
+            )
+            protocol.transport.abortConnection()
+            return
+        if silent >= self.health_interval * 0.5:
+            protocol.transport.write(_PING_COMMAND)
 
     def subscribed(self, channel: bytes) -> None:
         left = self._inflight.get(channel, 0) - 1

@@ -1,0 +1,152 @@
+"""Redis going away and coming back, and clients that do not read: the bridge keeps its promises."""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest_twisted
+from twisted.internet import reactor
+from twisted.web.resource import Resource
+
+from helpers import sleep, until
+from ssebridge.httpchannel import BridgeSite
+from ssebridge.hub import Hub
+from ssebridge.redisaddr import RedisServer
+from ssebridge.stream import ChannelResource
+from ssebridge.testing import RedisProcess, connect_sse
+from ssebridge.transport import redis_transport_factory
+
+
+class Fixture:
+    def __init__(self, hub: Hub, port: int, redis: RedisProcess) -> None:
+        self.hub = hub
+        self.port = port
+        self.redis = redis
+
+    def transport(self) -> Any:
+        return next(iter(self.hub.groups.values())).transport
+
+
+@pytest_twisted.async_yield_fixture
+async def bridge(redis: RedisProcess) -> AsyncIterator[Fixture]:
+    hub = Hub(redis_transport_factory(reactor))
+    server = RedisServer(host="127.0.0.1", port=redis.port)
+    root = Resource()
+    root.putChild(b"news", ChannelResource(hub, server, b"news", max_buffer=256 * 1024, confirm_timeout=1.0))
+    site = BridgeSite(root, header_timeout=1.0)
+    port = reactor.listenTCP(0, site, interface="127.0.0.1")  # type: ignore[attr-defined]
+    hub.connect(server)
+    yield Fixture(hub, port.getHost().port, redis)
+    await port.stopListening()
+    await hub.stop()
+
+
+async def publish_until_received(redis: RedisProcess, clients: list[Any], tag: str, timeout: float) -> float:
+    """Publish ``tag`` repeatedly until every client has it; return seconds taken."""
+    start = time.monotonic()
+    while True:
+        try:
+            redis.publish("news", tag)
+        except OSError:
+            pass
+        await sleep(0.05)
+        if all(any(e.data == tag for e in c.events) for c in clients):
+            return time.monotonic() - start
+        if time.monotonic() - start > timeout:
+            raise AssertionError(f"{tag} not received by every client within {timeout}s")
+
+
+@pytest_twisted.ensureDeferred
+async def test_redis_killed_and_restarted_streams_stay_and_receive_again(bridge: Fixture) -> None:
+    clients = [await connect_sse(reactor, "127.0.0.1", bridge.port, b"/news") for _ in range(5)]
+    bridge.redis.publish("news", "before")
+    for c in clients:
+        await c.wait_events(1)
+    bridge.redis.kill()
+    await until(lambda: not bridge.transport().connected, what="disconnect noticed")
+    bridge.redis.start()
+    await until(lambda: bridge.redis.numsub("news") == 1, timeout=5, what="resubscribed")
+    took = await publish_until_received(bridge.redis, clients, "after", timeout=2.0)
+    assert took < 2.0
+    assert all(not c.closed.called for c in clients)
+    for c in clients:
+        await c.disconnect()
+
+
+@pytest_twisted.ensureDeferred
+async def test_frozen_redis_is_detected_and_the_bridge_recovers(bridge: Fixture) -> None:
+    client = await connect_sse(reactor, "127.0.0.1", bridge.port, b"/news")
+    first = bridge.transport().protocol
+    bridge.redis.freeze()
+    try:
+        # The socket stays open; only the health check can tell.
+        await until(lambda: bridge.transport().protocol is not first, timeout=8, what="dead connection dropped")
+    finally:
+        bridge.redis.thaw()
+    await until(lambda: bridge.redis.numsub("news") == 1, timeout=5, what="resubscribed")
+    await publish_until_received(bridge.redis, [client], "thawed", timeout=2.0)
+    await client.disconnect()
+
+
+@pytest_twisted.ensureDeferred
+async def test_client_arriving_while_redis_is_down_receives_once_it_is_back(bridge: Fixture) -> None:
+    bridge.redis.kill()
+    await until(lambda: not bridge.transport().connected, what="disconnect noticed")
+    client = await connect_sse(reactor, "127.0.0.1", bridge.port, b"/news", timeout=5)
+    assert client.status == 200  # an EventSource given anything else would never retry
+    bridge.redis.start()
+    await publish_until_received(bridge.redis, [client], "late", timeout=5.0)
+    await client.disconnect()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_client_that_never_reads_is_cut_off_and_delays_no_one(bridge: Fixture) -> None:
+    # A raw socket with a tiny receive buffer that never reads.
+    stalled = socket.socket()
+    stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    stalled.connect(("127.0.0.1", bridge.port))
+    stalled.sendall(b"GET /news HTTP/1.1\r\nHost: x\r\n\r\n")
+    reader = await connect_sse(reactor, "127.0.0.1", bridge.port, b"/news")
+    await until(lambda: bridge.hub.subscriber_count() == 2, what="both attached")
+    payload = "x" * 16 * 1024
+    for i in range(300):  # ~4.8 MB to each client
+        bridge.redis.publish("news", f"{i} {payload}")
+        if i % 20 == 0:
+            await sleep(0)
+    events = await reader.wait_events(300, timeout=20)
+    assert [e.data.split(" ")[0] for e in events] == [str(i) for i in range(300)]
+    await until(lambda: bridge.hub.stats.slow_clients_disconnected == 1, what="slow client cut")
+    assert bridge.hub.subscriber_count() == 1
+    stalled.close()
+    await reader.disconnect()
+
+
+@pytest_twisted.ensureDeferred
+async def test_headers_sent_a_byte_at_a_time_are_cut_off(bridge: Fixture) -> None:
+    s = socket.socket()
+    s.connect(("127.0.0.1", bridge.port))
+    s.setblocking(False)
+    request = b"GET /news HTTP/1.1\r\nHost: x\r\n\r\n"
+    closed = False
+    for byte in request[:-1]:
+        try:
+            s.send(bytes([byte]))
+            if s.recv(1) == b"":
+                closed = True
+                break
+        except BlockingIOError:
+            pass
+        except OSError:
+            closed = True
+            break
+        await sleep(0.1)
+    s.close()
+    assert closed, "a slow-header client kept its connection past the header timeout"
+
+
+def _fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
