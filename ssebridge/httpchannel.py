@@ -12,11 +12,13 @@ from typing import Any
 from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
 from twisted.web.http import HTTPChannel
-from twisted.web.server import Site
+from twisted.web.server import Request, Site
 
 log = Logger()
 
 DEFAULT_HEADER_TIMEOUT = 10.0
+#: Largest request body accepted for the upstream app, in bytes.
+DEFAULT_MAX_BODY = 10 * 1024 * 1024
 #: Idle keep-alive connections are closed after this many seconds (streams are never idle-timed out:
 #: twisted.web suspends the idle timeout while a request is in flight).
 DEFAULT_IDLE_TIMEOUT = 75.0
@@ -67,6 +69,46 @@ class GuardedHTTPChannel(HTTPChannel):
         super().connectionLost(reason)
 
 
+class BridgeRequest(Request):
+    """A request whose body may not pass ``max_body`` bytes: 413 before any app sees it.
+
+    twisted.web reads a whole request body into memory (or a temp file) before rendering; checking the
+    declared length and every received chunk stops a huge upload at the door.
+    """
+
+    max_body = DEFAULT_MAX_BODY
+    _body_received = 0
+    _refused = False
+
+    def gotLength(self, length: int | None) -> None:
+        if length is not None and length > self.max_body:
+            self._refuse_body()
+        super().gotLength(0 if self._refused else length)
+
+    def handleContentChunk(self, data: bytes) -> None:
+        if self._refused:
+            return
+        self._body_received += len(data)
+        if self._body_received > self.max_body:
+            self._refuse_body()
+            return
+        super().handleContentChunk(data)
+
+    def _refuse_body(self) -> None:
+        if self._refused:
+            return
+        self._refused = True
+        log.info("request body over {limit} bytes refused", limit=self.max_body)
+        body = b"Payload too large\n"
+        transport = self.channel.transport if self.channel is not None else None
+        if transport is not None:
+            transport.write(
+                b"HTTP/1.1 413 Payload Too Large\r\nContent-Type: text/plain\r\n"
+                b"Content-Length: %d\r\nConnection: close\r\n\r\n%s" % (len(body), body)
+            )
+            transport.loseConnection()
+
+
 class BridgeSite(Site):
     """A ``Site`` that never shows a traceback to a client and guards its connections' headers.
 
@@ -81,8 +123,10 @@ class BridgeSite(Site):
         resource: Any,
         header_timeout: float = DEFAULT_HEADER_TIMEOUT,
         idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
+        max_body: int = DEFAULT_MAX_BODY,
     ) -> None:
-        super().__init__(resource, timeout=idle_timeout)
+        request_factory = type("BridgeRequest", (BridgeRequest,), {"max_body": max_body})
+        super().__init__(resource, requestFactory=request_factory, timeout=idle_timeout)
         self.header_timeout = header_timeout
 
     def buildProtocol(self, addr: Any) -> Any:

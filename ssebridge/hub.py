@@ -29,8 +29,9 @@ class Subscriber(Protocol):
     #: ``"sse"`` gets WHATWG frames, ``"sseraw"`` the message bytes untouched.
     mode: str
 
-    def send(self, data: bytes) -> None:
-        """Deliver already-framed bytes; must not raise (a failing client detaches itself)."""
+    def send(self, data: bytes, count: int = 1) -> None:
+        """Deliver already-framed bytes holding ``count`` events; must not raise (a failing client
+        detaches itself)."""
 
 
 class Transport(Protocol):
@@ -110,15 +111,17 @@ class Channel:
         if self._sse:
             data = encode_batch(messages)
             targets = tuple(self._sse)
+            n = len(messages)
             for subscriber in targets:
-                subscriber.send(data)
+                subscriber.send(data, n)
             stats.frames_delivered += len(targets) * len(messages)
             stats.bytes_delivered += len(targets) * len(data)
         if self._raw:
             data = encode_raw(messages)
             targets = tuple(self._raw)
+            n = len(messages)
             for subscriber in targets:
-                subscriber.send(data)
+                subscriber.send(data, n)
             stats.frames_delivered += len(targets) * len(messages)
             stats.bytes_delivered += len(targets) * len(data)
 

@@ -7,6 +7,7 @@ can run one too (``BridgeService(load_config(path)).setServiceParent(application
 from __future__ import annotations
 
 import resource
+from collections.abc import Sequence
 from typing import Any
 
 from twisted.application.service import MultiService
@@ -20,6 +21,7 @@ from ssebridge.httpchannel import BridgeSite
 from ssebridge.hub import Hub
 from ssebridge.transport import redis_transport_factory
 from ssebridge.web import Bridge
+from ssebridge.workers import adopt_listeners
 
 log = Logger()
 
@@ -59,7 +61,13 @@ def default_max_streams(fd_limit: int) -> int:
 class BridgeService(MultiService):
     """One bridge process: listens, routes, streams; started and stopped as one Twisted service."""
 
-    def __init__(self, config: Config, reactor: Any = None) -> None:
+    def __init__(
+        self,
+        config: Config,
+        reactor: Any = None,
+        inherited: Sequence[int] = (),
+        run_mules: bool = True,
+    ) -> None:
         super().__init__()
         if reactor is None:
             from twisted.internet import reactor as default_reactor
@@ -80,10 +88,14 @@ class BridgeService(MultiService):
         )
         self.site = BridgeSite(self.bridge.resource(), header_timeout=config.header_timeout)
         self.ports: list[IListeningPort] = []
-        from ssebridge.mule import MuleService
+        #: Address families of listening sockets inherited at fds 3, 4... (a worker of a pool).
+        self.inherited = tuple(inherited)
+        self.worker_index: int | None = None
+        if run_mules:
+            from ssebridge.mule import MuleService
 
-        for spec in config.mules:
-            MuleService(spec).setServiceParent(self)
+            for spec in config.mules:
+                MuleService(spec).setServiceParent(self)
 
     @property
     def stats(self) -> Any:
@@ -105,10 +117,13 @@ class BridgeService(MultiService):
         )
         # Connect to the default Redis server now, not on the first client: readiness means Redis is up.
         self.hub.connect(self.config.redis)
-        for description in self.config.listen:
-            endpoint = serverFromString(self.reactor, with_backlog(description))
-            port = await endpoint.listen(self.site)
-            self.ports.append(port)
+        if self.inherited:
+            self.ports.extend(adopt_listeners(self.reactor, self.inherited, self.site))
+        else:
+            for description in self.config.listen:
+                endpoint = serverFromString(self.reactor, with_backlog(description))
+                self.ports.append(await endpoint.listen(self.site))
+        for port in self.ports:
             log.info("listening on {address}", address=str(port.getHost()))
         self.bridge.start_heartbeat(self.config.heartbeat)
         super().startService()

@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable, Hashable
 from typing import Any
 
+from twisted.internet import tcp
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.interfaces import IPushProducer, IReactorTime
 from twisted.logger import Logger
@@ -47,6 +48,11 @@ class Stream:
     Lifecycle: created and attached to the hub (waiting); ``start`` sends the headers once the channel's
     subscription is confirmed; ``send`` delivers frames; ``close`` ends it (the client left, it was too
     slow, or the service is stopping) and detaches it from the hub exactly once.
+
+    Once the headers are out, a stream on a plain TCP or unix connection takes the connection over
+    from twisted.web: it becomes the transport's protocol and producer, and the ``Request`` and
+    ``HTTPChannel`` (several kilobytes each, and whatever a Klein route hung on them) are released.
+    A stream never hands the connection back, so when it ends the connection closes.
     """
 
     __slots__ = (
@@ -64,6 +70,8 @@ class Stream:
         "_closed",
         "_started",
         "_on_close",
+        "_status",
+        "_peer",
         "opened_at",
         "frames",
         "bytes",
@@ -78,9 +86,10 @@ class Stream:
         mode: str = "sse",
         max_buffer: int = DEFAULT_MAX_BUFFER,
         on_close: Callable[[Stream, str], None] | None = None,
+        status: int = 200,
     ) -> None:
         self.mode = mode
-        self._request = request
+        self._request: Request | None = request
         self._hub = hub
         self._server = server
         self._channel = channel
@@ -93,14 +102,13 @@ class Stream:
         self._closed = False
         self._started = False
         self._on_close = on_close
+        self._status = status
+        client = request.getClientAddress()
+        self._peer: str = getattr(client, "host", None) or str(client)
         self.opened_at = time.monotonic()
         hub.stats.streams_opened += 1
         self.frames = 0
         self.bytes = 0
-
-    @property
-    def request(self) -> Request:
-        return self._request
 
     @property
     def server(self) -> Hashable:
@@ -111,29 +119,71 @@ class Stream:
         return self._started
 
     @property
+    def closed(self) -> bool:
+        return self._closed
+
+    @property
     def channel(self) -> bytes:
         return self._channel
 
+    @property
+    def peer(self) -> str:
+        return self._peer
+
     def start(self, preamble: bytes = b"") -> None:
         """Send the response headers (and an optional first frame); deliveries may follow."""
-        if self._closed or self._started:
+        request = self._request
+        if self._closed or self._started or request is None:
             return
         self._started = True
-        request = self._request
-        request.setResponseCode(200)
+        request.setResponseCode(self._status)
         headers = request.responseHeaders
+        # The app's own headers (an upstream's Cache-Control, say) stay; only what is missing is added.
+        # Content-Type is the exception: browsers accept no other for an EventSource.
+        headers.setRawHeaders(b"Content-Type", [b"text/event-stream"])
         for name, value in STREAM_HEADERS:
-            headers.setRawHeaders(name, [value])
+            if not headers.hasHeader(name):
+                headers.setRawHeaders(name, [value])
         # A stream is never compressed or length-delimited.
         headers.removeHeader(b"Content-Length")
         headers.removeHeader(b"Content-Encoding")
         request.write(preamble)
         self._chunked = bool(request.chunked)
         channel = request.channel
-        self._transport = channel.transport if channel is not None else None
-        request.registerProducer(self, True)
+        transport = channel.transport if channel is not None else None
+        self._transport = transport
+        if transport is None or request.method == b"HEAD":
+            self.close("no body")
+            return
+        if isinstance(transport, tcp.Connection):
+            self._take_over(request, channel, transport)
+        else:
+            request.registerProducer(self, True)
 
-    def send(self, data: bytes) -> None:
+    def _take_over(self, request: Request, channel: Any, transport: tcp.Connection) -> None:
+        # The HTTPChannel registered itself as the transport's producer; we replace it, and become
+        # the protocol that hears about reads and the connection's end.
+        transport.unregisterProducer()
+        transport.protocol = self  # type: ignore[assignment]
+        transport.registerProducer(self, True)
+        # twisted.web may have paused reading while it handled the request; a stream must keep
+        # reading, or it would not notice the client leave.
+        transport.resumeProducing()
+        channel.transport = None
+        self._request = None
+
+    # IProtocol, after a take-over: the client is not expected to send anything more.
+
+    def dataReceived(self, data: bytes) -> None:
+        pass
+
+    def connectionLost(self, reason: object = None) -> None:
+        self.close("client gone")
+
+    def makeConnection(self, transport: object) -> None:
+        pass
+
+    def send(self, data: bytes, count: int = 1) -> None:
         if self._closed:
             return
         if self._paused:
@@ -142,13 +192,13 @@ class Stream:
             if self._pending_bytes > self._max_buffer:
                 self.close(SLOW_CLIENT, abort=True)
             return
+        self.frames += count
         self._write(data)
 
     def _write(self, data: bytes) -> None:
         transport = self._transport
         if transport is None:
             return
-        self.frames += 1
         self.bytes += len(data)
         if self._chunked:
             transport.writeSequence((b"%x\r\n" % len(data), data, b"\r\n"))
@@ -184,25 +234,37 @@ class Stream:
             self._on_close(self, reason)
         self._log_close(reason)
         request = self._request
+        transport = self._transport
+        if request is None:
+            # Taken over: the connection is ours to end.
+            if transport is None or not transport.connected:
+                return
+            if abort:
+                transport.abortConnection()
+                return
+            if final:
+                self._write(final)
+            if self._chunked:
+                transport.write(b"0\r\n\r\n")
+            transport.loseConnection()
+            return
         if request.finished or request._disconnected:
             return
         if self._started:
             request.unregisterProducer()
             if final:
                 request.write(final)
-        if abort and self._transport is not None:
-            self._transport.abortConnection()
+        if abort and transport is not None:
+            transport.abortConnection()
             return
         request.finish()
 
-
     def _log_close(self, reason: str) -> None:
-        client = self._request.getClientAddress()
         log.info(
             "stream closed: channel={channel} client={client} duration={duration:.1f}s frames={frames} "
             "bytes={bytes} reason={reason}",
             channel=self._channel.decode("utf-8", "replace"),
-            client=getattr(client, "host", str(client)),
+            client=self._peer,
             duration=time.monotonic() - self.opened_at,
             frames=self.frames,
             bytes=self.bytes,

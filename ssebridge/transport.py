@@ -20,7 +20,7 @@ from twisted.internet.ssl import optionsForClientTLS
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
-from ssebridge.hub import ChannelGroup
+from ssebridge.hub import ChannelGroup, Hub
 from ssebridge.redisaddr import RedisServer
 
 log = Logger()
@@ -278,3 +278,8 @@ def redis_transport_factory(reactor: IReactorTime | None = None) -> Any:
         return RedisTransport(key, group, reactor)
 
     return make
+
+
+def redis_hub(reactor: IReactorTime | None = None, **options: Any) -> Hub:
+    """A ``Hub`` fed by Redis pub/sub: the usual way to make one when mounting streams yourself."""
+    return Hub(redis_transport_factory(reactor), **options)

@@ -16,6 +16,7 @@ from klein import Klein
 from twisted.internet.defer import Deferred
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource, Resource
 from twisted.web.server import NOT_DONE_YET, Request
@@ -24,8 +25,18 @@ from ssebridge import frames
 from ssebridge.config import StaticMap
 from ssebridge.hub import Hub
 from ssebridge.redisaddr import DEFAULT_SERVER, RedisServer
-from ssebridge.routing import RefusedChannel, Resolved, Rule, resolve_request
+from ssebridge.routing import (
+    Action,
+    RefusedChannel,
+    Resolved,
+    Rule,
+    resolve_action,
+    resolve_request,
+    resolve_response,
+)
+from ssebridge.static import static_resource_for
 from ssebridge.stream import DEFAULT_MAX_BUFFER, Stream, attach_stream
+from ssebridge.upstream import Upstream, UpstreamError, UpstreamReply
 
 log = Logger()
 
@@ -99,6 +110,59 @@ class _StreamStart(Resource):
         return NOT_DONE_YET
 
 
+#: Response headers of the app that a stream does not carry over (a stream sets its own framing).
+_NOT_ON_A_STREAM = frozenset(
+    [
+        b"content-type",
+        b"content-length",
+        b"content-encoding",
+        b"transfer-encoding",
+        b"connection",
+        b"keep-alive",
+    ]
+)
+_HOP_BY_HOP = frozenset(
+    [b"connection", b"keep-alive", b"transfer-encoding", b"te", b"trailer", b"upgrade", b"proxy-connection"]
+)
+
+#: The response header by which an upstream app hands a connection over with no rules configured.
+DEFAULT_OFFLOAD_HEADER = "X-SSE-Offload"
+
+
+def _write_text(request: Request, code: int, text: str) -> None:
+    request.setResponseCode(code)
+    request.responseHeaders.setRawHeaders(b"Content-Type", [b"text/plain; charset=utf-8"])
+    request.responseHeaders.removeHeader(b"Content-Length")
+    request.write(text.encode("utf-8") + b"\n")
+    _finish(request)
+
+
+def _finish(request: Request) -> None:
+    if not request.finished and not request._disconnected:
+        request.finish()
+
+
+class _UpstreamStart(Resource):
+    """Renders one request by forwarding it to the upstream app."""
+
+    isLeaf = True
+
+    def __init__(self, bridge: Bridge, variables: dict[str, str]) -> None:
+        self.bridge = bridge
+        self.variables = variables
+
+    def render(self, request: Request) -> int:  # type: ignore[override]
+        bridge = self.bridge
+        assert bridge.upstream is not None
+        d = bridge.upstream.forward(request, self.variables)
+        d.addCallbacks(
+            lambda reply: bridge.upstream_replied(request, self.variables, reply),
+            lambda failure: bridge.upstream_failed(request, failure),
+        )
+        d.addErrback(lambda f: log.failure("handling the upstream reply failed", f))
+        return NOT_DONE_YET
+
+
 class Bridge:
     """The bridge's HTTP application: routing rules, static maps, and the hub the streams attach to.
 
@@ -120,6 +184,8 @@ class Bridge:
         confirm_timeout: float = 3.0,
         max_streams: int = 0,
         retry_after: int = 5,
+        upstream: Upstream | None = None,
+        offload_header: str = DEFAULT_OFFLOAD_HEADER,
         reactor: Any = None,
     ) -> None:
         if reactor is None:
@@ -135,14 +201,11 @@ class Bridge:
         self.max_streams = max_streams
         self.retry_after = retry_after
         self.reactor = reactor
+        self.upstream = upstream
+        self.offload_header = offload_header.encode("latin-1").lower()
         self.streams: set[Stream] = set()
         self.stopping = False
         self._heartbeat: LoopingCall | None = None
-        self._static: Any = None
-        if self.static_maps:
-            from ssebridge.static import StaticFiles
-
-            self._static = StaticFiles(self.static_maps)
 
     def resource(self) -> IResource:
         """The router as a twisted.web resource."""
@@ -158,7 +221,7 @@ class Bridge:
             return _Text(503, f"Service unavailable: {why}", {b"Retry-After": b"%d" % self.retry_after})
         return None
 
-    def start_stream(self, request: Request, resolved: Resolved) -> Stream:
+    def start_stream(self, request: Request, resolved: Resolved, status: int = 200) -> Stream:
         """Attach ``request`` to the hub as a stream on ``resolved``'s channel."""
         max_buffer = self.max_buffer
         if resolved.buffer_size is not None:
@@ -171,6 +234,7 @@ class Bridge:
             resolved.mode,
             max_buffer,
             on_close=self._stream_closed,
+            status=status,
         )
         self.streams.add(stream)
         attach_stream(
@@ -195,7 +259,7 @@ class Bridge:
         beat = frames.comment()
         for stream in tuple(self.streams):
             if stream.mode == "sse" and stream.started:
-                stream.send(beat)
+                stream.send(beat, 0)
 
     def stop_heartbeat(self) -> None:
         if self._heartbeat is not None and self._heartbeat.running:
@@ -246,8 +310,69 @@ class Bridge:
             return _Text(400, f"Bad request: {e}")
         if resolved is not None:
             return self.refusal() or _StreamStart(self, resolved)
-        if self._static is not None:
-            found: IResource | None = self._static.resource_for(request, variables["PATH_INFO"])
+        if self.static_maps:
+            found = static_resource_for(self.static_maps, request)
             if found is not None:
                 return found
+        if self.upstream is not None:
+            return _UpstreamStart(self, variables)
         return _Text(404, "Not found")
+
+    # The upstream's answer: offload it to a stream, or pass it through.
+
+    def upstream_replied(self, request: Request, variables: dict[str, str], reply: UpstreamReply) -> None:
+        """Decide what the upstream's reply becomes, then write it."""
+        if request.finished or request._disconnected:
+            reply.discard_body()
+            return
+        merged = {**variables, **reply.variables}
+        headers = reply.headers
+        native: bytes | None = None
+        for name, value in headers:
+            if name.lower() == self.offload_header:
+                native = value
+        try:
+            resolved = resolve_response(self.rules, merged, self.default_server)
+            if resolved is None and native is not None:
+                resolved = resolve_action(
+                    Action("sse", native.decode("utf-8", "replace")), merged, self.default_server
+                )
+        except RefusedChannel as e:
+            reply.discard_body()
+            log.warn("upstream offload refused for {path!r}: {why}", path=variables["PATH_INFO"], why=str(e))
+            _write_text(request, 400, f"Bad request: {e}")
+            return
+        if resolved is not None:
+            reply.discard_body()
+            refused = self.refusal()
+            if refused is not None:
+                request.render(refused)
+                return
+            for name, value in headers:
+                lname = name.lower()
+                if lname in _NOT_ON_A_STREAM or lname == self.offload_header:
+                    continue
+                request.responseHeaders.addRawHeader(name, value)
+            status = reply.status if 200 <= reply.status < 300 else 200
+            self.start_stream(request, resolved, status)
+            return
+        request.setResponseCode(reply.status, reply.reason or None)
+        for name, value in headers:
+            if name.lower() not in _HOP_BY_HOP:
+                request.responseHeaders.addRawHeader(name, value)
+        d = reply.send_body(request)
+        d.addErrback(lambda f: log.failure("upstream body failed", f))
+        d.addBoth(lambda _: _finish(request))
+
+    def upstream_failed(self, request: Request, failure: Failure) -> None:
+        if request.finished or request._disconnected:
+            return
+        self.hub.stats.upstream_errors += 1
+        if failure.check(UpstreamError):
+            error = failure.value
+            assert isinstance(error, UpstreamError)
+            log.warn("upstream error {code}: {text}", code=error.code, text=error.text)
+            _write_text(request, error.code, error.text)
+        else:
+            log.failure("upstream failed", failure)
+            _write_text(request, 502, "Bad Gateway")

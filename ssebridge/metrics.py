@@ -1,0 +1,106 @@
+"""Prometheus metrics and health checks, rendered in the reactor thread.
+
+prometheus_client's own Twisted helper is a ``WSGIResource``: its collectors would run in a pool thread
+while the reactor mutates the counters. Here a custom collector reads ``Stats`` and the hub at scrape
+time, in the reactor thread, so what is scraped is one consistent moment.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+from twisted.web.resource import Resource
+from twisted.web.server import Request
+
+from ssebridge.hub import Hub
+
+CONTENT_TYPE = b"text/plain; version=0.0.4; charset=utf-8"
+
+_COUNTERS = (
+    ("streams_opened", "Streams opened."),
+    ("streams_closed", "Streams closed, for any reason."),
+    ("streams_refused", "Stream requests refused with 503 (stream limit or shutting down)."),
+    ("slow_clients_disconnected", "Clients cut off for not reading fast enough."),
+    ("messages_received", "Messages received from Redis."),
+    ("messages_oversize", "Messages not delivered for being over the size limit."),
+    ("frames_delivered", "Events written to clients."),
+    ("bytes_delivered", "Bytes of events written to clients."),
+    ("redis_connects", "Redis connections established (the first, and every reconnect)."),
+    ("redis_disconnects", "Redis connections lost."),
+    ("upstream_errors", "Upstream failures answered with 5xx."),
+)
+
+
+class BridgeCollector(Collector):
+    """Reads the hub's counters and gauges at each scrape."""
+
+    def __init__(self, hub: Hub, open_streams: Callable[[], int]) -> None:
+        self.hub = hub
+        self.open_streams = open_streams
+
+    def collect(self) -> Iterator[Any]:
+        stats = self.hub.stats
+        for name, text in _COUNTERS:
+            counter = CounterMetricFamily(f"ssebridge_{name}", text)
+            counter.add_metric([], getattr(stats, name))
+            yield counter
+        yield GaugeMetricFamily("ssebridge_streams_open", "Streams open now.", value=self.open_streams())
+        yield GaugeMetricFamily(
+            "ssebridge_channels_subscribed", "Channels subscribed now.", value=self.hub.channel_count()
+        )
+        redis_up = GaugeMetricFamily(
+            "ssebridge_redis_connected", "1 when the connection to a Redis server is up.", labels=["server"]
+        )
+        for key, group in self.hub.groups.items():
+            describe = getattr(key, "describe", None)
+            label = describe() if callable(describe) else str(key)
+            redis_up.add_metric([label], 1.0 if getattr(group.transport, "connected", False) else 0.0)
+        yield redis_up
+
+
+class MetricsResource(Resource):
+    """``GET`` → the Prometheus text exposition of the bridge's metrics."""
+
+    isLeaf = True
+
+    def __init__(self, hub: Hub, open_streams: Callable[[], int]) -> None:
+        super().__init__()
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(BridgeCollector(hub, open_streams))
+
+    def render_GET(self, request: Request) -> bytes:
+        request.setHeader(b"Content-Type", CONTENT_TYPE)
+        request.setHeader(b"Cache-Control", b"no-cache")
+        return generate_latest(self.registry)
+
+
+class HealthResource(Resource):
+    """``/livez``: the process answers. ``/readyz``: and its Redis connections are up."""
+
+    isLeaf = True
+
+    def __init__(self, hub: Hub, readiness: bool) -> None:
+        super().__init__()
+        self.hub = hub
+        self.readiness = readiness
+
+    def render_GET(self, request: Request) -> bytes:
+        request.setHeader(b"Content-Type", b"text/plain; charset=utf-8")
+        request.setHeader(b"Cache-Control", b"no-cache")
+        if self.readiness and not (self.hub.groups and self.hub.connected()):
+            request.setResponseCode(503)
+            return b"not ready: Redis is not connected\n"
+        return b"ok\n"
+
+
+def operations_resource(hub: Hub, open_streams: Callable[[], int]) -> Resource:
+    """A resource tree with ``/metrics``, ``/livez`` and ``/readyz``, for a separate listener."""
+    root = Resource()
+    root.putChild(b"metrics", MetricsResource(hub, open_streams))
+    root.putChild(b"livez", HealthResource(hub, readiness=False))
+    root.putChild(b"readyz", HealthResource(hub, readiness=True))
+    return root

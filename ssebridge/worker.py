@@ -1,0 +1,42 @@
+"""A worker process of a ``workers = N`` pool: ``python -m ssebridge.worker`` (started by the parent)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from twisted.logger import Logger, globalLogBeginner, textFileLogObserver
+
+from ssebridge.config import ConfigError, default_config, load_config
+
+log = Logger()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="ssebridge.worker")
+    parser.add_argument("--config")
+    parser.add_argument("--index", type=int, default=0)
+    parser.add_argument("--families", default="")
+    args = parser.parse_args(argv)
+    try:
+        config = load_config(args.config) if args.config else default_config()
+    except ConfigError as e:
+        sys.stderr.write(f"ssebridge worker: {e}\n")
+        return 2
+    families = [int(f) for f in args.families.split(",") if f]
+
+    from twisted.internet import reactor
+
+    from ssebridge.service import BridgeService
+
+    globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stdout)], redirectStandardIO=False)
+    service = BridgeService(config, reactor=reactor, inherited=families, run_mules=False)
+    service.worker_index = args.index
+    reactor.callWhenRunning(service.startService)  # type: ignore[attr-defined]
+    reactor.addSystemEventTrigger("before", "shutdown", service.stopService)  # type: ignore[attr-defined]
+    reactor.run()  # type: ignore[attr-defined]
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

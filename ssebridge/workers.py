@@ -1,0 +1,241 @@
+"""Every core: ``workers = N`` runs N bridge processes that share the listening sockets.
+
+The parent opens the listening sockets and passes them to its children, which adopt them
+(``reactor.adoptStreamPort``). For TCP each child gets a socket of its own bound with ``SO_REUSEPORT``
+to the same address, so the kernel spreads new connections evenly over the children; a unix or systemd
+socket is shared by all. Each child has its own hub and Redis subscriptions. The parent runs the mules,
+restarts a child that dies (its sockets stay open in the parent meanwhile, so connections wait in the
+backlog instead of being refused), and passes SIGTERM on to every child when it stops.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from twisted.application.service import MultiService
+from twisted.internet.defer import Deferred, DeferredList
+from twisted.internet.protocol import ProcessProtocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from ssebridge.config import Config
+from ssebridge.mule import backoff_delay
+
+log = Logger()
+
+#: The first inherited descriptor a worker finds its listening sockets at.
+FIRST_FD = 3
+
+
+@dataclass(frozen=True)
+class ListenSpec:
+    """A listening address a parent can open itself: what ``workers`` supports."""
+
+    family: int
+    address: Any
+    backlog: int = 4096
+    shared: bool = False
+    inherited_fd: int | None = None
+
+
+def parse_listen(description: str) -> ListenSpec:
+    """Read a Twisted endpoint string (``tcp``, ``tcp6``, ``unix``, ``systemd``) as a socket to open.
+
+    Raises ``ValueError`` for kinds a worker pool cannot share (``ssl``: terminate TLS in front).
+    """
+    kind, _, rest = description.partition(":")
+    args = rest.split(":") if rest else []
+    positional = [a for a in args if "=" not in a]
+    options = dict(a.split("=", 1) for a in args if "=" in a)
+    backlog = int(options.get("backlog", "4096"))
+    if kind in ("tcp", "tcp6"):
+        if not positional:
+            raise ValueError(f"{description}: no port")
+        default = "::" if kind == "tcp6" else "0.0.0.0"
+        interface = options.get("interface", default).replace("\\:", ":")
+        family = socket.AF_INET6 if kind == "tcp6" or ":" in interface else socket.AF_INET
+        return ListenSpec(family, (interface, int(positional[0])), backlog)
+    if kind == "unix":
+        if not positional:
+            raise ValueError(f"{description}: no path")
+        return ListenSpec(socket.AF_UNIX, positional[0], backlog, shared=True)
+    if kind == "systemd":
+        index = int(options.get("index", "0"))
+        domain = options.get("domain", "INET")
+        family = {"INET": socket.AF_INET, "INET6": socket.AF_INET6, "UNIX": socket.AF_UNIX}[domain]
+        return ListenSpec(family, None, backlog, shared=True, inherited_fd=FIRST_FD + index)
+    raise ValueError(f"{description}: workers cannot share a '{kind}' listener")
+
+
+def open_listener(spec: ListenSpec) -> socket.socket:
+    """Open (bind and listen) one socket for ``spec``; ``SO_REUSEPORT`` on TCP."""
+    if spec.inherited_fd is not None:
+        return socket.socket(fileno=spec.inherited_fd)
+    sock = socket.socket(spec.family, socket.SOCK_STREAM)
+    if spec.family != socket.AF_UNIX:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    else:
+        try:
+            os.unlink(spec.address)
+        except FileNotFoundError:
+            pass
+    sock.bind(spec.address)
+    sock.listen(spec.backlog)
+    sock.setblocking(False)
+    return sock
+
+
+class _WorkerProtocol(ProcessProtocol):
+    def __init__(self, pool: WorkerPool, index: int) -> None:
+        self.pool = pool
+        self.index = index
+        self.ended: Deferred[None] = Deferred()
+
+    def processEnded(self, reason: Failure) -> None:
+        self.ended.callback(None)
+        self.pool.worker_ended(self.index, reason)
+
+
+class WorkerPool(MultiService):
+    """The parent of ``workers`` bridge processes; its child services (mules) run here only once."""
+
+    def __init__(self, config: Config, config_path: str | None, count: int, reactor: Any = None) -> None:
+        super().__init__()
+        if reactor is None:
+            from twisted.internet import reactor as default_reactor
+
+            reactor = default_reactor
+        self.config = config
+        self.config_path = config_path
+        self.count = count
+        self.reactor = reactor
+        self.specs = [parse_listen(d) for d in config.listen]
+        # sockets[w] = the sockets worker w inherits, in listen order.
+        self.sockets: list[list[socket.socket]] = []
+        self.workers: dict[int, _WorkerProtocol] = {}
+        self.failures: dict[int, int] = {}
+        self.started_at: dict[int, float] = {}
+        self.stopping = False
+        from ssebridge.mule import MuleService
+
+        for spec in config.mules:
+            MuleService(spec).setServiceParent(self)
+
+    def startService(self) -> None:
+        shared: dict[int, socket.socket] = {}
+        for _ in range(self.count):
+            socks = []
+            for i, spec in enumerate(self.specs):
+                if spec.shared:
+                    if i not in shared:
+                        shared[i] = open_listener(spec)
+                    socks.append(shared[i])
+                else:
+                    socks.append(open_listener(spec))
+            self.sockets.append(socks)
+        for w in range(self.count):
+            self.spawn(w)
+        log.info("started {count} workers", count=self.count)
+        super().startService()
+
+    def spawn(self, index: int) -> None:
+        if self.stopping:
+            return
+        socks = self.sockets[index]
+        child_fds: dict[int, int | str] = {0: "w", 1: 1, 2: 2}
+        families = []
+        for n, sock in enumerate(socks):
+            child_fds[FIRST_FD + n] = sock.fileno()
+            families.append(str(int(sock.family)))
+        argv = [
+            sys.executable,
+            "-m",
+            "ssebridge.worker",
+            "--index",
+            str(index),
+            "--families",
+            ",".join(families),
+        ]
+        if self.config_path:
+            argv += ["--config", str(Path(self.config_path).resolve())]
+        protocol = _WorkerProtocol(self, index)
+        self.workers[index] = protocol
+        self.started_at[index] = self.reactor.seconds()
+        self.reactor.spawnProcess(protocol, sys.executable, argv, env=dict(os.environ), childFDs=child_fds)
+        log.info("worker {index} started, pid {pid}", index=index, pid=protocol.transport.pid)
+
+    def worker_ended(self, index: int, reason: Failure) -> None:
+        if self.stopping:
+            return
+        if self.reactor.seconds() - self.started_at.get(index, 0) > 30:
+            self.failures[index] = 0
+        failures = self.failures.get(index, 0) + 1
+        self.failures[index] = failures
+        delay = backoff_delay(failures, initial=0.2, maximum=10.0, factor=2.0, jitter=0.2)
+        log.warn(
+            "worker {index} exited ({why}); restarting in {delay:.1f}s",
+            index=index,
+            why=reason.getErrorMessage(),
+            delay=delay,
+        )
+        self.reactor.callLater(delay, self.spawn, index)
+
+    def pids(self) -> list[int]:
+        return [p.transport.pid for p in self.workers.values() if p.transport is not None and p.transport.pid]
+
+    def stopService(self) -> Deferred[None]:
+        return Deferred.fromCoroutine(self._stop())
+
+    async def _stop(self) -> None:
+        self.stopping = True
+        try:
+            waits = []
+            for protocol in self.workers.values():
+                if protocol.transport is not None and protocol.transport.pid:
+                    protocol.transport.signalProcess("TERM")
+                    waits.append(protocol.ended)
+            grace = self.config.shutdown_window + 10.0
+            timer = self.reactor.callLater(grace, self._kill_all)
+            await DeferredList(waits, consumeErrors=True)
+            if timer.active():
+                timer.cancel()
+            await super().stopService()
+        except Exception:
+            log.failure("error while stopping the workers")
+        finally:
+            for socks in self.sockets:
+                for sock in socks:
+                    sock.close()
+
+    def _kill_all(self) -> None:
+        for pid in self.pids():
+            log.warn("worker pid {pid} did not stop in time; killing it", pid=pid)
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
+def resolve_workers(value: int | str) -> int:
+    """``workers`` as a count: ``auto`` is the number of cores this process may run on."""
+    if value == "auto":
+        return len(os.sched_getaffinity(0))
+    return int(value)
+
+
+def adopt_listeners(reactor: Any, families: Sequence[int], factory: Any) -> list[Any]:
+    """In a worker: adopt the inherited listening sockets (fds 3, 4, ...)."""
+    ports = []
+    for n, family in enumerate(families):
+        fd = FIRST_FD + n
+        ports.append(reactor.adoptStreamPort(fd, family, factory))
+        os.close(fd)  # adoptStreamPort dup()s it
+    return ports
