@@ -102,13 +102,24 @@ class Config:
     shutdown_window: float = 5.0
     #: The SSE ``retry:`` hint, in milliseconds, sent to streams closed on shutdown.
     retry_ms: int = 3000
+    #: Bridge processes sharing the listeners: 1 runs in-process; "auto" in a file means one per core.
+    workers: int = 1
+    #: Twisted endpoint of a separate listener for /metrics, /livez and /readyz; "" for none.
+    metrics_listen: str = ""
+    #: Path of the metrics on the main listener (e.g. "/metrics"); "" for none. Health checks follow it
+    #: as /livez and /readyz when it is set.
+    metrics_path: str = ""
+    #: Seconds an idle keep-alive connection is kept (streams are never idle-timed out).
+    idle_timeout: float = 75.0
+    #: Largest request body accepted (for the upstream app), in bytes; larger ones get 413.
+    max_body: int = 10 * 1024 * 1024
     #: Non-fatal notes found while loading (unknown keys, accepted-but-unused keys).
     warnings: tuple[str, ...] = field(default=())
 
 
 # Scalar settings: one table for both syntaxes.
 
-SettingType = Literal["int", "float", "str"]
+SettingType = Literal["int", "float", "str", "count"]
 
 
 @dataclass(frozen=True)
@@ -142,6 +153,26 @@ def _positive(value: Any) -> Any:
     return value
 
 
+def _workers(value: Any) -> int:
+    text = str(value).strip()
+    if text == "auto":
+        return len(os.sched_getaffinity(0))
+    if not text.isdigit() or int(text) < 1:
+        raise ValueError(f"must be a whole number of at least 1 or 'auto', not {text!r}")
+    return int(text)
+
+
+def _endpoint_or_empty(value: Any) -> str:
+    return listen_endpoint(value) if str(value).strip() else ""
+
+
+def _path_or_empty(value: Any) -> str:
+    text = str(value).strip()
+    if text and (not text.startswith("/") or text == "/" or any(c in text for c in "?#\r\n\x00")):
+        raise ValueError(f"must be an absolute path like /metrics, not {text!r}")
+    return text.rstrip("/")
+
+
 def _server(value: Any) -> RedisServer:
     return parse_server(value)
 
@@ -164,6 +195,11 @@ SETTINGS: tuple[Setting, ...] = (
     ),
     _setting("shutdown_window", "float", _at_least(0), "seconds over which streams are closed on shutdown"),
     _setting("retry_ms", "int", _at_least(0), "SSE retry hint (ms) sent to streams closed on shutdown"),
+    _setting("workers", "count", _workers, "bridge processes sharing the listeners; auto: one per core"),
+    _setting("metrics_listen", "str", _endpoint_or_empty, "separate listener for metrics and health"),
+    _setting("metrics_path", "str", _path_or_empty, "path of the metrics on the main listener"),
+    _setting("idle_timeout", "float", _positive, "seconds an idle keep-alive connection is kept"),
+    _setting("max_body", "int", _positive, "largest request body accepted, in bytes"),
 )
 SETTINGS_BY_TOML = {s.toml: s for s in SETTINGS}
 SETTINGS_BY_INI = {name: s for s in SETTINGS for name in s.ini}
@@ -206,6 +242,9 @@ def setting_from_value(setting: Setting, value: object) -> Any:
         expected = "a number"
         if ok:
             value = _finite(float(value))  # type: ignore[arg-type]
+    elif setting.type == "count":
+        ok = (isinstance(value, int) and not isinstance(value, bool)) or value == "auto"
+        expected = 'a whole number or "auto"'
     else:
         ok = isinstance(value, str)
         expected = "a string"

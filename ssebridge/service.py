@@ -86,7 +86,24 @@ class BridgeService(MultiService):
             max_streams=config.max_streams,
             reactor=reactor,
         )
-        self.site = BridgeSite(self.bridge.resource(), header_timeout=config.header_timeout)
+        self.site = BridgeSite(
+            self.bridge.resource(),
+            header_timeout=config.header_timeout,
+            idle_timeout=config.idle_timeout,
+            max_body=config.max_body,
+        )
+        self.metrics_site: BridgeSite | None = None
+        if config.metrics_path:
+            from ssebridge.metrics import HealthResource, MetricsResource
+
+            base = config.metrics_path.rsplit("/", 1)[0]
+            self.bridge.fixed[config.metrics_path] = MetricsResource(self.hub, self.open_streams)
+            self.bridge.fixed[base + "/livez"] = HealthResource(self.hub, readiness=False)
+            self.bridge.fixed[base + "/readyz"] = HealthResource(self.hub, readiness=True)
+        if config.metrics_listen:
+            from ssebridge.metrics import operations_resource
+
+            self.metrics_site = BridgeSite(operations_resource(self.hub, self.open_streams))
         self.ports: list[IListeningPort] = []
         #: Address families of listening sockets inherited at fds 3, 4... (a worker of a pool).
         self.inherited = tuple(inherited)
@@ -100,6 +117,9 @@ class BridgeService(MultiService):
     @property
     def stats(self) -> Any:
         return self.hub.stats
+
+    def open_streams(self) -> int:
+        return len(self.bridge.streams)
 
     def startService(self) -> Deferred[None]:
         return Deferred.fromCoroutine(self._start())
@@ -123,6 +143,9 @@ class BridgeService(MultiService):
             for description in self.config.listen:
                 endpoint = serverFromString(self.reactor, with_backlog(description))
                 self.ports.append(await endpoint.listen(self.site))
+        if self.metrics_site is not None:
+            endpoint = serverFromString(self.reactor, self.config.metrics_listen)
+            self.ports.append(await endpoint.listen(self.metrics_site))
         for port in self.ports:
             log.info("listening on {address}", address=str(port.getHost()))
         self.bridge.start_heartbeat(self.config.heartbeat)

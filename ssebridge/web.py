@@ -13,6 +13,7 @@ from typing import Any
 from urllib.parse import unquote_to_bytes
 
 from klein import Klein
+from werkzeug.routing import BaseConverter
 from twisted.internet.defer import Deferred
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
@@ -45,18 +46,22 @@ class BadRequest(ValueError):
     """A request the bridge refuses with 400 before any rule sees it."""
 
 
-def request_variables(request: IRequest) -> dict[str, str]:
+def request_variables(request: IRequest, script_name: bytes = b"") -> dict[str, str]:
     """The uWSGI request variables of ``request``, as the routing rules read them.
 
-    ``PATH_INFO`` is percent-decoded and must be UTF-8, as in uWSGI; header names become ``HTTP_`` plus
-    the upper-cased name with ``-`` as ``_``.
+    ``PATH_INFO`` is percent-decoded and must be UTF-8, as in uWSGI; it is the path below
+    ``script_name`` (where the router is mounted, ``b""`` at the root). Header names become ``HTTP_``
+    plus the upper-cased name with ``-`` as ``_``.
     """
     uri: bytes = request.uri
     path, _, query = uri.partition(b"?")
+    if script_name and path.startswith(script_name):
+        path = path[len(script_name) :]
     try:
         path_info = unquote_to_bytes(path).decode("utf-8")
         variables = {
             "PATH_INFO": path_info,
+            "SCRIPT_NAME": script_name.decode("utf-8"),
             "QUERY_STRING": query.decode("utf-8"),
             "REQUEST_URI": uri.decode("utf-8"),
             "REQUEST_METHOD": request.method.decode("ascii"),
@@ -142,6 +147,36 @@ def _finish(request: Request) -> None:
         request.finish()
 
 
+class _Guard(Resource):
+    """Refuses a request whose path is not UTF-8 before Klein sees it (Klein logs a traceback)."""
+
+    isLeaf = True
+
+    def __init__(self, router: IResource) -> None:
+        super().__init__()
+        self.router = router
+
+    def render(self, request: Request) -> Any:  # type: ignore[override]
+        try:
+            unquote_to_bytes(request.path).decode("utf-8")
+        except UnicodeDecodeError:
+            log.info("refused request: path is not valid UTF-8")
+            return _Text(400, "Bad request: path is not valid UTF-8").render(request)
+        # Where the router is mounted, before Klein moves path segments around: the rules see the path
+        # below it, as a mounted WSGI app sees PATH_INFO below SCRIPT_NAME.
+        request.ssebridge_script_name = (  # type: ignore[attr-defined]
+            b"/" + b"/".join(request.prepath) if request.prepath else b""
+        )
+        return self.router.render(request)
+
+
+class _Anything(BaseConverter):
+    """A werkzeug converter that takes any rest of a path, newlines and empty segments included."""
+
+    regex = r"[\s\S]*"
+    part_isolating = False
+
+
 class _UpstreamStart(Resource):
     """Renders one request by forwarding it to the upstream app."""
 
@@ -204,13 +239,14 @@ class Bridge:
         self.upstream = upstream
         self.offload_header = offload_header.encode("latin-1").lower()
         self.streams: set[Stream] = set()
+        #: Resources answering exact paths before any rule (metrics and health checks, when configured).
+        self.fixed: dict[str, IResource] = {}
         self.stopping = False
         self._heartbeat: LoopingCall | None = None
 
     def resource(self) -> IResource:
         """The router as a twisted.web resource."""
-        resource: IResource = self.app.resource()
-        return resource
+        return _Guard(self.app.resource())
 
     def refusal(self) -> IResource | None:
         """A 503 when no more streams may open (the limit, or the service stopping), else ``None``."""
@@ -296,13 +332,23 @@ class Bridge:
         close_batch(0)
         return done
 
-    @app.route("/", branch=True)
-    def dispatch(self, request: Request) -> IResource:
+    # Every path reaches dispatch as it came: werkzeug's own path converter stops at a newline and
+    # merges slashes, which would answer hostile paths before the bridge could refuse them itself.
+    app.url_map.converters["anything"] = _Anything
+    app.url_map.merge_slashes = False
+    app.url_map.strict_slashes = False
+
+    @app.route("/")
+    @app.route("/<anything:rest>")
+    def dispatch(self, request: Request, rest: str = "") -> IResource:
         try:
-            variables = request_variables(request)
+            variables = request_variables(request, getattr(request, "ssebridge_script_name", b""))
         except BadRequest as e:
             log.info("refused request: {why}", why=str(e))
             return _Text(400, f"Bad request: {e}")
+        fixed = self.fixed.get(variables["PATH_INFO"]) if self.fixed else None
+        if fixed is not None:
+            return fixed
         try:
             resolved = resolve_request(self.rules, variables, self.default_server)
         except RefusedChannel as e:

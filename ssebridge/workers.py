@@ -11,6 +11,7 @@ backlog instead of being refused), and passes SIGTERM on to every child when it 
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import sys
@@ -51,7 +52,8 @@ def parse_listen(description: str) -> ListenSpec:
     Raises ``ValueError`` for kinds a worker pool cannot share (``ssl``: terminate TLS in front).
     """
     kind, _, rest = description.partition(":")
-    args = rest.split(":") if rest else []
+    # Twisted escapes a colon inside a value (an IPv6 interface) as "\\:".
+    args = [a.replace("\\:", ":") for a in re.split(r"(?<!\\):", rest)] if rest else []
     positional = [a for a in args if "=" not in a]
     options = dict(a.split("=", 1) for a in args if "=" in a)
     backlog = int(options.get("backlog", "4096"))
@@ -59,7 +61,7 @@ def parse_listen(description: str) -> ListenSpec:
         if not positional:
             raise ValueError(f"{description}: no port")
         default = "::" if kind == "tcp6" else "0.0.0.0"
-        interface = options.get("interface", default).replace("\\:", ":")
+        interface = options.get("interface", default)
         family = socket.AF_INET6 if kind == "tcp6" or ":" in interface else socket.AF_INET
         return ListenSpec(family, (interface, int(positional[0])), backlog)
     if kind == "unix":

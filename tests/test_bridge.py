@@ -1,0 +1,212 @@
+"""The whole bridge in-process, configured from the seed's ini syntax, against real Redis and HTTP."""
+
+from __future__ import annotations
+
+import dataclasses
+import socket
+import sys
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+import pytest
+import pytest_twisted
+import treq
+from twisted.internet import reactor
+from twisted.internet.threads import deferToThread
+from twisted.web.client import HTTPConnectionPool
+
+from helpers import until
+from ssebridge.config import MuleSpec, default_config, load_config
+from ssebridge.service import BridgeService
+from ssebridge.testing import RedisProcess, connect_sse, free_port, redis_pipeline
+
+RunBridge = Callable[[str], "BridgeService"]
+
+
+@pytest_twisted.async_yield_fixture
+async def run_bridge(tmp_path: Path, redis: RedisProcess) -> AsyncIterator[Callable[..., object]]:
+    """Start a BridgeService from ini text (``{redis}`` and ``{port}`` filled in); stop it afterwards."""
+    services: list[BridgeService] = []
+
+    async def start(text: str, name: str = "bridge.ini") -> BridgeService:
+        path = tmp_path / name
+        path.write_text(text.format(redis=f"127.0.0.1:{redis.port}", port=free_port(), sock=redis.unix_socket))
+        service = BridgeService(load_config(path))
+        await service.startService()
+        services.append(service)
+        return service
+
+    yield start
+    for service in services:
+        await service.stopService()
+
+
+def port_of(service: BridgeService) -> int:
+    return service.ports[0].getHost().port  # type: ignore[attr-defined,no-any-return]
+
+
+@pytest_twisted.ensureDeferred
+async def test_route_with_named_group_and_one_subscription(run_bridge, redis: RedisProcess) -> None:  # type: ignore[no-untyped-def]
+    service = await run_bridge(
+        "[uwsgi]\nhttp-socket = 127.0.0.1:{port}\nredis = {redis}\n"
+        "route = ^/events/(?P<channel>[a-z]+)$ sse:${{channel}}\n"
+    )
+    port = port_of(service)
+    clients = [await connect_sse(reactor, "127.0.0.1", port, b"/events/news") for _ in range(8)]
+    assert redis.numsub("news") == 1
+    redis.publish("news", "line one\r\nline two\rthree")
+    for c in clients:
+        assert (await c.wait_events(1))[0].data == "line one\nline two\nthree"
+    headers = clients[0].headers
+    assert headers[b"content-type"] == [b"text/event-stream"]
+    assert headers[b"cache-control"] == [b"no-cache"]
+    assert headers[b"x-accel-buffering"] == [b"no"]
+    assert b"content-encoding" not in headers
+    for c in clients:
+        await c.disconnect()
+    await until(lambda: redis.numsub("news") == 0, what="subscription released")
+
+
+@pytest_twisted.ensureDeferred
+async def test_key_value_action_on_a_unix_socket_server_and_raw_mode(run_bridge, redis: RedisProcess) -> None:  # type: ignore[no-untyped-def]
+    service = await run_bridge(
+        "[uwsgi]\nhttp-socket = 127.0.0.1:{port}\n"
+        "route = ^/foobar sse:server={sock},subscribe=foobar,buffer_size=65536\n"
+        "route = ^/raw sseraw:server={sock},subscribe=foobar\n"
+    )
+    port = port_of(service)
+    cooked = await connect_sse(reactor, "127.0.0.1", port, b"/foobar")
+    raw = await connect_sse(reactor, "127.0.0.1", port, b"/raw")
+    # Both streams share the one subscription on the one connection to that server.
+    assert redis.numsub("foobar") == 1
+    redis.publish("foobar", "foobar\nfoobar2")
+    assert (await cooked.wait_events(1))[0].data == "foobar\nfoobar2"
+    assert await raw.wait_raw(len(b"foobar\nfoobar2")) == b"foobar\nfoobar2"
+    await cooked.disconnect()
+    await raw.disconnect()
+
+
+@pytest_twisted.ensureDeferred
+async def test_burst_of_2000_to_20_clients_through_the_router(run_bridge, redis: RedisProcess) -> None:  # type: ignore[no-untyped-def]
+    service = await run_bridge("[uwsgi]\nhttp-socket = 127.0.0.1:{port}\nredis = {redis}\nroute = ^/b sse:burst\n")
+    clients = [await connect_sse(reactor, "127.0.0.1", port_of(service), b"/b") for _ in range(20)]
+    redis_pipeline(redis.address, [("PUBLISH", "burst", f"{i}") for i in range(2000)])
+    for c in clients:
+        events = await c.wait_events(2000, timeout=30)
+        assert [e.data for e in events] == [str(i) for i in range(2000)]
+    for c in clients:
+        await c.disconnect()
+
+
+@pytest.mark.parametrize(
+    "path",
+    [b"/ch/%0d%0aSUBSCRIBE%20x", b"/ch/a%00b", b"/ch/", b"/ch/" + b"x" * 300],
+)
+@pytest_twisted.ensureDeferred
+async def test_hostile_channel_names_are_refused_and_not_subscribed(run_bridge, redis: RedisProcess, path: bytes) -> None:  # type: ignore[no-untyped-def]
+    # [\s\S] so the capture takes CR and LF too: the refusal, not the regex, must stop them.
+    service = await run_bridge(
+        "[uwsgi]\nhttp-socket = 127.0.0.1:{port}\nredis = {redis}\nroute = ^/ch/([\\s\\S]*)$ sse:$1\n"
+    )
+    client = await connect_sse(reactor, "127.0.0.1", port_of(service), path)
+    assert client.status == 400
+    await client.disconnect()
+    assert redis.command("PUBSUB", "CHANNELS") == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_invalid_utf8_path_and_malformed_request(run_bridge) -> None:  # type: ignore[no-untyped-def]
+    service = await run_bridge("[uwsgi]\nhttp-socket = 127.0.0.1:{port}\nredis = {redis}\nroute = ^/ch/(.*)$ sse:$1\n")
+    port = port_of(service)
+    client = await connect_sse(reactor, "127.0.0.1", port, b"/ch/%ff%fe")
+    assert client.status == 400
+    assert b"Traceback" not in bytes(client.raw)
+    await client.disconnect()
+
+    def not_http() -> bytes:
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+            s.sendall(b"THIS IS NOT HTTP\r\n\r\n")
+            return s.recv(1000)
+
+    # A blocking socket in a thread: the reactor must keep running to answer it.
+    assert (await deferToThread(not_http)).startswith(b"HTTP/1.1 400")
+
+
+@pytest_twisted.ensureDeferred
+async def test_stream_limit_answers_503_with_retry_after(run_bridge) -> None:  # type: ignore[no-untyped-def]
+    service = await run_bridge(
+        "[uwsgi]\nhttp-socket = 127.0.0.1:{port}\nredis = {redis}\nroute = ^/s sse:s\nmax-streams = 3\n"
+    )
+    port = port_of(service)
+    held = [await connect_sse(reactor, "127.0.0.1", port, b"/s") for _ in range(3)]
+    refused = await connect_sse(reactor, "127.0.0.1", port, b"/s")
+    assert refused.status == 503
+    assert refused.headers[b"retry-after"] == [b"5"]
+    await refused.disconnect()
+    await held[0].disconnect()
+    await until(lambda: len(service.bridge.streams) == 2, what="a stream closed")
+    again = await connect_sse(reactor, "127.0.0.1", port, b"/s")
+    assert again.status == 200
+    for c in [*held[1:], again]:
+        await c.disconnect()
+
+
+@pytest_twisted.ensureDeferred
+async def test_oversize_messages_are_counted_not_delivered(run_bridge, redis: RedisProcess) -> None:  # type: ignore[no-untyped-def]
+    service = await run_bridge(
+        "[uwsgi]\nhttp-socket = 127.0.0.1:{port}\nredis = {redis}\nroute = ^/s sse:s\nmax-message-size = 1000\n"
+    )
+    client = await connect_sse(reactor, "127.0.0.1", port_of(service), b"/s")
+    redis.publish("s", "x" * 1001)
+    redis.publish("s", "small")
+    assert (await client.wait_events(1))[0].data == "small"
+    assert service.stats.messages_oversize == 1
+    await client.disconnect()
+
+
+@pytest_twisted.ensureDeferred
+async def test_shutdown_tells_streams_to_come_back(run_bridge) -> None:  # type: ignore[no-untyped-def]
+    service = await run_bridge(
+        "[uwsgi]\nhttp-socket = 127.0.0.1:{port}\nredis = {redis}\nroute = ^/s sse:s\n"
+        "shutdown-window = 0.5\nretry-ms = 2000\n"
+    )
+    clients = [await connect_sse(reactor, "127.0.0.1", port_of(service), b"/s") for _ in range(10)]
+    await service.stopService()
+    for c in clients:
+        await c.closed.addTimeout(5, reactor)
+        assert c.parser.retry is not None and 2000 <= c.parser.retry <= 2500
+
+
+@pytest_twisted.ensureDeferred
+async def test_default_config_serves_the_clock_demo(tmp_path: Path, redis: RedisProcess) -> None:
+    config = default_config()
+    mule = MuleSpec((sys.executable, "-m", "ssebridge.clock", "--server", f"127.0.0.1:{redis.port}", "--interval", "0.2"))
+    port = free_port()
+    config = dataclasses.replace(
+        config,
+        listen=(f"tcp:{port}:interface=127.0.0.1",),
+        redis=dataclasses.replace(config.redis, port=redis.port),
+        mules=(mule,),
+    )
+    service = BridgeService(config)
+    await service.startService()
+    pool = HTTPConnectionPool(reactor, persistent=False)
+    try:
+        response = await treq.get(f"http://127.0.0.1:{port}/clock", pool=pool)
+        assert response.code == 200
+        assert response.headers.getRawHeaders(b"content-type")[0].startswith(b"text/html")
+        assert b"EventSource('/whattimeisit')" in await response.content()
+        clock = await connect_sse(reactor, "127.0.0.1", port, b"/whattimeisit")
+        events = await clock.wait_events(2, timeout=10)
+        assert all(e.data.isdigit() for e in events)
+        other = await connect_sse(reactor, "127.0.0.1", port, b"/events/room.1")
+        redis.publish("room.1", "hi")
+        assert (await other.wait_events(1))[0].data == "hi"
+        missing = await treq.get(f"http://127.0.0.1:{port}/nothing-here", pool=pool)
+        assert missing.code == 404
+        await missing.content()
+        await clock.disconnect()
+        await other.disconnect()
+    finally:
+        await pool.closeCachedConnections()
+        await service.stopService()
