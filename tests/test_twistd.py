@@ -1,0 +1,217 @@
+"""``twistd ssebridge`` as a real subprocess: the seed's clock example, bad configs, workers, SIGTERM."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from ssebridge.testing import EventStreamParser, RedisProcess, free_port
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def twistd(*args: str, cwd: Path | None = None) -> subprocess.Popen[bytes]:
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    return subprocess.Popen(
+        [sys.executable, "-c", "from twisted.scripts.twistd import run; run()", *args],
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+
+
+def wait_port(port: int, timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise AssertionError(f"nothing listens on {port}")
+
+
+def http_get(port: int, path: str, timeout: float = 5.0) -> tuple[int, bytes]:
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+        s.sendall(f"GET {path} HTTP/1.0\r\nHost: x\r\n\r\n".encode())
+        data = b""
+        while chunk := s.recv(65536):
+            data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    return int(head.split(b" ")[1]), body
+
+
+class Stream:
+    """A blocking SSE reader (HTTP/1.0, so no chunking) for subprocess tests."""
+
+    def __init__(self, port: int, path: str) -> None:
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+        self.sock.sendall(f"GET {path} HTTP/1.0\r\nHost: x\r\n\r\n".encode())
+        self.parser = EventStreamParser()
+        buf = b""
+        while b"\r\n\r\n" not in buf:
+            buf += self.sock.recv(4096)
+        head, _, rest = buf.partition(b"\r\n\r\n")
+        self.status = int(head.split(b" ")[1])
+        self.head = head
+        self.parser.feed(rest)
+
+    def events(self, n: int, timeout: float = 10.0) -> list[str]:
+        deadline = time.monotonic() + timeout
+        while len(self.parser.events) < n:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"only {len(self.parser.events)} of {n} events")
+            self.sock.settimeout(max(0.1, deadline - time.monotonic()))
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                raise AssertionError("stream closed")
+            self.parser.feed(chunk)
+        return [e.data for e in self.parser.events[:n]]
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+@pytest.fixture
+def stop() -> Iterator[list[subprocess.Popen[bytes]]]:
+    procs: list[subprocess.Popen[bytes]] = []
+    yield procs
+    for p in procs:
+        if p.poll() is None:
+            p.send_signal(signal.SIGTERM)
+            try:
+                p.wait(15)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait(5)
+
+
+SEED_INI = """[uwsgi]
+; eventually use absolue path for the plugin if it is not in the current directory
+plugin = sse_offload
+; bind on http port 9090
+http-socket = :{port}
+; run clock.pl as a mule
+mule = clock.py
+; map requests to /clock to the html file
+static-map = /clock=clock.html
+; route requests to ^/whattimeisit to the sse engine subscribed to the 'clock' redis channel
+route = ^/whattimeisit sse:clock
+; enable 1 offload thread
+offload-threads = 1
+"""
+
+PUBLISHER = """#!{python}
+import socket, time
+s = socket.create_connection(("127.0.0.1", {redis_port}))
+while True:
+    t = str(int(time.time() * 1000)).encode()
+    s.sendall(b"*3\\r\\n$7\\r\\nPUBLISH\\r\\n$5\\r\\nclock\\r\\n$%d\\r\\n%s\\r\\n" % (len(t), t))
+    s.recv(100)
+    time.sleep(0.1)
+"""
+
+
+def test_seed_clock_example_runs_with_its_ini(tmp_path: Path, redis: RedisProcess, stop: list) -> None:  # type: ignore[type-arg]
+    port = free_port()
+    # The seed's ini, only the port changed; Redis is the default 127.0.0.1:6379 in the seed, so this test
+    # points the default at its own server with one extra line.
+    (tmp_path / "clock.ini").write_text(SEED_INI.format(port=port) + f"redis = 127.0.0.1:{redis.port}\n")
+    (tmp_path / "clock.py").write_text(PUBLISHER.format(python=sys.executable, redis_port=redis.port))
+    (tmp_path / "clock.html").write_text("<div id='clock'></div><script>new EventSource('/whattimeisit')</script>")
+    proc = twistd("-n", "--pidfile=", "ssebridge", "--config", "clock.ini", cwd=tmp_path)
+    stop.append(proc)
+    wait_port(port)
+    status, body = http_get(port, "/clock")
+    assert status == 200 and b"EventSource" in body
+    stream = Stream(port, "/whattimeisit")
+    assert stream.status == 200 and b"text/event-stream" in stream.head
+    values = stream.events(3)
+    assert all(v.isdigit() for v in values) and values == sorted(values)
+    assert redis.numsub("clock") == 1
+    stream.close()
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(20)
+    # The mule went with the service.
+    assert redis.numsub("clock") == 0
+    assert redis.command("CLIENT", "LIST").count(b"\n") <= 1
+
+
+@pytest.mark.parametrize(
+    ("line", "problem"),
+    [
+        ("route = ^/(unclosed sse:x", "regex"),
+        ("route = ^/x nosuch:x", "nosuch"),
+        ("route = ^/x sse:", "channel"),
+        ("route = ^/x sse:server=nowhere:99999,subscribe=x", "port"),
+        ("http-socket = what:is:this", "what"),
+    ],
+)
+def test_bad_config_exits_nonzero_with_one_line(tmp_path: Path, line: str, problem: str) -> None:
+    (tmp_path / "bad.ini").write_text(f"[uwsgi]\nhttp-socket = :{free_port()}\n{line}\n")
+    proc = twistd("-n", "--pidfile=", "ssebridge", "--config", "bad.ini", cwd=tmp_path)
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode != 0
+    lines = err.decode().strip().splitlines()
+    assert len(lines) == 1, err.decode()
+    assert lines[0].startswith("ssebridge: ") and "bad.ini:3:" in lines[0]
+    assert problem in lines[0].lower()
+    assert b"Traceback" not in out + err
+
+
+def children(pid: int) -> set[int]:
+    try:
+        text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
+    except FileNotFoundError:
+        return set()
+    return {int(p) for p in text.split()}
+
+
+def test_workers_share_the_port_replace_a_dead_one_and_stop_together(
+    tmp_path: Path, redis: RedisProcess, stop: list  # type: ignore[type-arg]
+) -> None:
+    port = free_port()
+    (tmp_path / "w.toml").write_text(
+        f'listen = "tcp:{port}:interface=127.0.0.1"\nredis = "127.0.0.1:{redis.port}"\nworkers = 2\n'
+        '[[route]]\nmatch = "^/s$"\naction = "sse:w"\n'
+    )
+    proc = twistd("-n", "--pidfile=", "ssebridge", "--config", "w.toml", cwd=tmp_path)
+    stop.append(proc)
+    wait_port(port)
+    deadline = time.monotonic() + 15
+    while len(children(proc.pid)) < 2 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    workers = children(proc.pid)
+    assert len(workers) == 2
+    # Enough clients that both workers get some: each worker holds its own subscription.
+    streams = [Stream(port, "/s") for _ in range(40)]
+    assert redis.numsub("w") == 2
+    redis.publish("w", "to all")
+    assert all(s.events(1) == ["to all"] for s in streams)
+    for s in streams:
+        s.close()
+    victim = sorted(workers)[0]
+    os.kill(victim, signal.SIGKILL)
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        now = children(proc.pid)
+        if len(now) == 2 and victim not in now:
+            break
+        time.sleep(0.1)
+    replaced = children(proc.pid)
+    assert len(replaced) == 2 and victim not in replaced
+    # The port kept answering meanwhile and still does.
+    assert Stream(port, "/s").status == 200
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(30)
+    for pid in replaced:
+        assert not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text().split()[2]
