@@ -71,7 +71,11 @@ def parse(text: str, builder: ConfigBuilder, config: Path) -> None:
         key, eq, value = line.partition("=")
         key, value = key.strip(), value.strip()
         if not eq or not key:
-            raise builder.error(number, f"expected 'key = value', got {_shorten(line)!r}")
+            error = builder.error(number, f"expected 'key = value', got {_shorten(line)!r}")
+            if not builder.collecting:
+                raise error
+            builder.problems.append(error)
+            continue
         if section != "uwsgi":
             where = "outside any section" if section is None else f"in section [{section}]"
             noted = section or ""
@@ -82,7 +86,7 @@ def parse(text: str, builder: ConfigBuilder, config: Path) -> None:
         name = key.replace("_", "-")
         handler = handlers.get(name)
         if handler is not None:
-            handler(name, _magic(value, config), number)
+            builder.attempt(lambda h=handler, n=name, v=value, ln=number: h(n, _magic(v, config), ln))
         elif name in IGNORED_KEYS:
             continue
         else:

@@ -154,26 +154,24 @@ class _Reader:
 
     def read(self, data: Mapping[str, Any]) -> None:
         for key, value in data.items():
-            line = self.lines.line(None, key)
-            if key == "listen":
-                self.listen(value, line)
-            elif key in SETTINGS_BY_TOML:
-                setting = SETTINGS_BY_TOML[key]
-                try:
-                    self.builder.set(setting, setting_from_value(setting, value), line, key)
-                except (TypeError, ValueError) as e:
-                    raise self.builder.error(line, f"{key}: {e}") from None
-            elif key == "route":
-                for index, table in self.tables(key, value, line):
-                    self.route(table, (key, index))
-            elif key == "static":
-                for index, table in self.tables(key, value, line):
-                    self.static(table, (key, index))
-            elif key == "mule":
-                for index, table in self.tables(key, value, line):
-                    self.mule(table, (key, index))
-            else:
-                self.builder.unknown(line, key)
+            self.builder.attempt(lambda k=key, v=value: self.entry(k, v))
+
+    def entry(self, key: str, value: Any) -> None:
+        line = self.lines.line(None, key)
+        if key == "listen":
+            self.listen(value, line)
+        elif key in SETTINGS_BY_TOML:
+            setting = SETTINGS_BY_TOML[key]
+            try:
+                self.builder.set(setting, setting_from_value(setting, value), line, key)
+            except (TypeError, ValueError) as e:
+                raise self.builder.error(line, f"{key}: {e}") from None
+        elif key in ("route", "static", "mule"):
+            handle = {"route": self.route, "static": self.static, "mule": self.mule}[key]
+            for index, table in self.tables(key, value, line):
+                self.builder.attempt(lambda h=handle, t=table, w=(key, index): h(t, w))
+        else:
+            self.builder.unknown(line, key)
 
     def listen(self, value: object, line: int | None) -> None:
         items = [value] if isinstance(value, str) else value

@@ -8,7 +8,7 @@ from typing import Any
 
 from twisted.application.service import Service
 
-from ssebridge.config import ConfigError, default_config, load_config
+from ssebridge.config import ConfigError, check_config, default_config, load_config
 from ssebridge.service import BridgeService
 
 
@@ -18,6 +18,8 @@ def make_service(options: Mapping[str, Any]) -> Service:
     With ``workers`` above 1 the service is the parent of a worker pool; otherwise the bridge itself.
     """
     path = options.get("config")
+    if options.get("check"):
+        raise SystemExit(check(path))
     try:
         config = load_config(path) if path else default_config()
     except ConfigError as e:
@@ -32,3 +34,30 @@ def make_service(options: Mapping[str, Any]) -> Service:
             sys.stderr.write(f"ssebridge: {config.source}: {e}\n")
             raise SystemExit(2) from None
     return BridgeService(config)
+
+
+def check(path: str | None) -> int:
+    """``--check``: report every problem of the config (one line each) and its warnings; 0 if sound."""
+    if not path:
+        default_config()
+        sys.stdout.write("ssebridge: the built-in default config is sound\n")
+        return 0
+    config, problems = check_config(path)
+    for problem in problems:
+        sys.stderr.write(f"ssebridge: {problem}\n")
+    if config is None:
+        sys.stderr.write(f"ssebridge: {path}: {len(problems)} problem(s)\n")
+        return 1
+    for warning in config.warnings:
+        sys.stdout.write(f"ssebridge: warning: {warning}\n")
+    if config.workers > 1:
+        from ssebridge.workers import parse_listen
+
+        for description in config.listen:
+            try:
+                parse_listen(description)
+            except ValueError as e:
+                sys.stderr.write(f"ssebridge: {path}: {e}\n")
+                return 1
+    sys.stdout.write(f"ssebridge: {path} is sound\n")
+    return 0

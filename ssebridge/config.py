@@ -449,6 +449,19 @@ class ConfigBuilder:
         self.values: dict[str, Any] = {}
         self.warnings: list[str] = []
         self._set_at: dict[str, int | None] = {}
+        #: In checking mode (``check_config``) problems are collected here instead of raised.
+        self.collecting = False
+        self.problems: list[ConfigError] = []
+
+    def attempt(self, step: Callable[[], None]) -> None:
+        """Run one independent step of parsing: in checking mode a problem is noted and parsing goes on
+        with the next step, so every problem of a file is reported at once."""
+        try:
+            step()
+        except ConfigError as e:
+            if not self.collecting:
+                raise
+            self.problems.append(e)
 
     def where(self, line: int | None) -> str:
         return f"{self.file}:{line}" if line is not None else self.file
@@ -513,12 +526,31 @@ def first_section(text: str) -> str | None:
     return None
 
 
+def check_config(path: str | Path) -> tuple[Config | None, list[ConfigError]]:
+    """Load a config the way ``load_config`` does, but collect every problem instead of stopping at
+    the first: ``(config, [])`` when it is sound, ``(None, problems)`` otherwise."""
+    try:
+        builder = _parse(path, collecting=True)
+    except ConfigError as e:
+        return None, [e]
+    if builder.problems:
+        return None, builder.problems
+    try:
+        return builder.build(str(path)), []
+    except ConfigError as e:
+        return None, [e]
+
+
 def load_config(path: str | Path) -> Config:
     """Load a ``.toml`` or uWSGI ``.ini`` file; raise ``ConfigError``.
 
     The syntax is chosen by the suffix; any other name is sniffed: a file whose first section is
     ``[uwsgi]`` is ini, anything else TOML.
     """
+    return _parse(path).build(str(path))
+
+
+def _parse(path: str | Path, collecting: bool = False) -> ConfigBuilder:
     # The parsers import this module for the model and the shared helpers, so they are imported here.
     from ssebridge._ini import parse as parse_ini
     from ssebridge._toml import parse as parse_toml
@@ -533,11 +565,12 @@ def load_config(path: str | Path) -> Config:
     base = p.absolute().parent
     suffix = p.suffix.lower()
     builder = ConfigBuilder(file, base)
+    builder.collecting = collecting
     if suffix == ".ini" or (suffix != ".toml" and first_section(text) == "uwsgi"):
         parse_ini(text, builder, p.absolute())
     else:
         parse_toml(text, builder)
-    return builder.build(file)
+    return builder
 
 
 def default_config() -> Config:

@@ -6,6 +6,7 @@ can run one too (``BridgeService(load_config(path)).setServiceParent(application
 
 from __future__ import annotations
 
+import os
 import resource
 from collections.abc import Sequence
 from typing import Any
@@ -19,6 +20,7 @@ from twisted.logger import Logger
 from ssebridge.config import Config
 from ssebridge.httpchannel import BridgeSite
 from ssebridge.hub import Hub
+from ssebridge.sdnotify import notify
 from ssebridge.transport import redis_transport_factory
 from ssebridge.web import Bridge
 from ssebridge.workers import adopt_listeners
@@ -150,12 +152,16 @@ class BridgeService(MultiService):
             log.info("listening on {address}", address=str(port.getHost()))
         self.bridge.start_heartbeat(self.config.heartbeat)
         super().startService()
+        if self.worker_index is None:
+            notify(f"READY=1\nSTATUS=listening on {len(self.ports)} sockets\nMAINPID={os.getpid()}")
 
     def stopService(self) -> Deferred[None]:
         return Deferred.fromCoroutine(self._stop())
 
     async def _stop(self) -> None:
         try:
+            if self.worker_index is None:
+                notify("STOPPING=1")
             ports, self.ports = self.ports, []
             await DeferredList([maybeDeferred(p.stopListening) for p in ports], consumeErrors=True)
             log.info("stopping: closing {count} streams", count=len(self.bridge.streams))

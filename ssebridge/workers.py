@@ -28,6 +28,7 @@ from twisted.python.failure import Failure
 
 from ssebridge.config import Config
 from ssebridge.mule import backoff_delay
+from ssebridge.sdnotify import notify
 
 log = Logger()
 
@@ -147,6 +148,7 @@ class WorkerPool(MultiService):
             self.spawn(w)
         log.info("started {count} workers", count=self.count)
         super().startService()
+        notify(f"READY=1\nSTATUS={self.count} workers\nMAINPID={os.getpid()}")
 
     def spawn(self, index: int) -> None:
         if self.stopping:
@@ -198,6 +200,7 @@ class WorkerPool(MultiService):
 
     async def _stop(self) -> None:
         self.stopping = True
+        notify("STOPPING=1")
         try:
             waits = []
             for protocol in self.workers.values():

@@ -457,11 +457,11 @@ def test_toml_unknown_keys_are_warnings_with_lines(tmp_path: Path) -> None:
     path = write(
         tmp_path,
         "u.toml",
-        'redis = "h:1"\nworkers = 4\n\n[[route]]\nmatch = "^/"\naction = "sse:x"\ncolour = "red"\n',
+        'redis = "h:1"\nprocesses = 4\n\n[[route]]\nmatch = "^/"\naction = "sse:x"\ncolour = "red"\n',
     )
     config = load_config(path)
     assert config.warnings == (
-        f"{path}:2: unknown key 'workers' ignored",
+        f"{path}:2: unknown key 'processes' ignored",
         f"{path}:7: unknown key 'colour' in [[route]] ignored",
     )
 
@@ -763,3 +763,24 @@ def test_rule_text_is_kept_for_logs(tmp_path: Path) -> None:
 def test_error_messages_name_the_key(tmp_path: Path) -> None:
     error = error_of(write(tmp_path, "k.ini", "[uwsgi]\nroute-qs = x( sse:x\n"))
     assert re.match(r"route-qs: invalid regex", error.problem)
+
+
+def test_check_lists_every_problem_with_its_line(tmp_path: Path) -> None:
+    from ssebridge.config import check_config
+
+    ini = tmp_path / "many.ini"
+    ini.write_text(
+        "[uwsgi]\nroute = ^/(x sse:a\nroute = ^/y nosuch:b\nheartbeat = soon\nthis is not a key\n"
+        "route = ^/ok sse:fine\n"
+    )
+    config, problems = check_config(ini)
+    assert config is None
+    assert [p.line for p in problems] == [2, 3, 4, 5]
+    toml = tmp_path / "many.toml"
+    toml.write_text('heartbeat = "x"\nredis = "h:0"\n[[route]]\nmatch = "("\naction = "sse:a"\n')
+    config, problems = check_config(toml)
+    assert config is None and len(problems) == 3
+    good = tmp_path / "good.toml"
+    good.write_text('[[route]]\nmatch = "^/a"\naction = "sse:a"\n')
+    config, problems = check_config(good)
+    assert config is not None and problems == []

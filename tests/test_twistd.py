@@ -215,3 +215,24 @@ def test_workers_share_the_port_replace_a_dead_one_and_stop_together(
     proc.wait(30)
     for pid in replaced:
         assert not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text().split()[2]
+
+
+def test_check_validates_without_binding(tmp_path: Path) -> None:
+    port = free_port()
+    good = tmp_path / "good.ini"
+    good.write_text(f"[uwsgi]\nhttp-socket = :{port}\nroute = ^/x sse:x\nmaster = true\n")
+    proc = twistd("-n", "--pidfile=", "ssebridge", "--config", str(good), "--check")
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    assert b"is sound" in out
+    assert b"unknown key 'master' ignored" in out
+    # Nothing was bound: the port is still free.
+    socket.socket().bind(("0.0.0.0", port))
+    bad = tmp_path / "bad.ini"
+    bad.write_text("[uwsgi]\nroute = ^/(x sse:a\nroute = ^/y nosuch:b\nheartbeat = soon\n")
+    proc = twistd("-n", "--pidfile=", "ssebridge", "--config", str(bad), "--check")
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 1
+    lines = err.decode().strip().splitlines()
+    assert [line.split(":")[2] for line in lines[:3]] == ["2", "3", "4"]
+    assert b"Traceback" not in err

@@ -11,12 +11,13 @@ from zope.interface import implementer
 
 
 class Options(usage.Options):
-    synopsis = "[--config FILE]"
+    synopsis = "[--config FILE] [--check]"
     longdesc = (
         "Bridge Redis pub/sub channels to Server-Sent Events clients. Without --config, runs the built-in "
         "default: 127.0.0.1:9090, Redis at 127.0.0.1:6379, /events/<channel>, and the /clock demo."
     )
     optParameters = [["config", "c", None, "configuration file (.toml, or a uWSGI .ini)"]]
+    optFlags = [["check", None, "validate the configuration, bind nothing, exit 0 if sound, else 1"]]
 
 
 @implementer(IServiceMaker, IPlugin)
