@@ -23,6 +23,7 @@ from zope.interface import implementer
 
 from ssebridge import frames
 from ssebridge.hub import Hub
+from ssebridge.routing import RefusedChannel, check_channel
 
 log = Logger()
 
@@ -288,7 +289,7 @@ class ChannelResource(Resource):
         self,
         hub: Hub,
         server: Hashable,
-        channel: bytes,
+        channel: bytes | str,
         mode: str = "sse",
         max_buffer: int = DEFAULT_MAX_BUFFER,
         confirm_timeout: float = 3.0,
@@ -301,13 +302,26 @@ class ChannelResource(Resource):
             reactor = default_reactor  # type: ignore[assignment]
         self.hub = hub
         self.redis_server = server
-        self.channel = channel
+        # A channel often comes from the URL (a Klein route's argument): refuse what must not be
+        # subscribed here, once, and answer 400 for it at render time.
+        text = channel.decode("utf-8", "replace") if isinstance(channel, bytes) else channel
+        self.refused: str | None = None
+        try:
+            self.channel = check_channel(text)
+        except RefusedChannel as e:
+            self.refused = str(e)
+            self.channel = b""
         self.mode = mode
         self.max_buffer = max_buffer
         self.confirm_timeout = confirm_timeout
         self.reactor: Any = reactor
 
-    def render(self, request: Request) -> int:  # type: ignore[override]
+    def render(self, request: Request) -> Any:  # type: ignore[override]
+        if self.refused is not None:
+            log.info("refused channel: {why}", why=self.refused)
+            request.setResponseCode(400)
+            request.setHeader(b"Content-Type", b"text/plain; charset=utf-8")
+            return f"Bad request: {self.refused}\n".encode()
         stream = Stream(request, self.hub, self.redis_server, self.channel, self.mode, self.max_buffer)
         attach_stream(
             stream, request, self.hub, self.redis_server, self.channel, self.confirm_timeout, self.reactor
