@@ -13,7 +13,6 @@ from typing import Any
 from urllib.parse import unquote_to_bytes
 
 from klein import Klein
-from werkzeug.routing import BaseConverter
 from twisted.internet.defer import Deferred
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
@@ -21,6 +20,7 @@ from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource, Resource
 from twisted.web.server import NOT_DONE_YET, Request
+from werkzeug.routing import BaseConverter
 
 from ssebridge import frames
 from ssebridge.config import StaticMap

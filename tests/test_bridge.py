@@ -5,32 +5,34 @@ from __future__ import annotations
 import dataclasses
 import socket
 import sys
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import pytest
 import pytest_twisted
 import treq
+from helpers import until
 from twisted.internet import reactor
 from twisted.internet.threads import deferToThread
 from twisted.web.client import HTTPConnectionPool
 
-from helpers import until
 from ssebridge.config import MuleSpec, default_config, load_config
 from ssebridge.service import BridgeService
 from ssebridge.testing import RedisProcess, connect_sse, free_port, redis_pipeline
 
-RunBridge = Callable[[str], "BridgeService"]
+RunBridge = Callable[..., Awaitable[BridgeService]]
 
 
 @pytest_twisted.async_yield_fixture
-async def run_bridge(tmp_path: Path, redis: RedisProcess) -> AsyncIterator[Callable[..., object]]:
+async def run_bridge(tmp_path: Path, redis: RedisProcess) -> AsyncIterator[RunBridge]:
     """Start a BridgeService from ini text (``{redis}`` and ``{port}`` filled in); stop it afterwards."""
     services: list[BridgeService] = []
 
     async def start(text: str, name: str = "bridge.ini") -> BridgeService:
         path = tmp_path / name
-        path.write_text(text.format(redis=f"127.0.0.1:{redis.port}", port=free_port(), sock=redis.unix_socket))
+        path.write_text(
+            text.format(redis=f"127.0.0.1:{redis.port}", port=free_port(), sock=redis.unix_socket)
+        )
         service = BridgeService(load_config(path))
         await service.startService()
         services.append(service)
@@ -46,7 +48,9 @@ def port_of(service: BridgeService) -> int:
 
 
 @pytest_twisted.ensureDeferred
-async def test_route_with_named_group_and_one_subscription(run_bridge, redis: RedisProcess) -> None:  # type: ignore[no-untyped-def]
+async def test_route_with_named_group_and_one_subscription(
+    run_bridge: RunBridge, redis: RedisProcess
+) -> None:
     service = await run_bridge(
         "[uwsgi]\nhttp-socket = 127.0.0.1:{port}\nredis = {redis}\n"
         "route = ^/events/(?P<channel>[a-z]+)$ sse:${{channel}}\n"
@@ -68,7 +72,9 @@ async def test_route_with_named_group_and_one_subscription(run_bridge, redis: Re
 
 
 @pytest_twisted.ensureDeferred
-async def test_key_value_action_on_a_unix_socket_server_and_raw_mode(run_bridge, redis: RedisProcess) -> None:  # type: ignore[no-untyped-def]
+async def test_key_value_action_on_a_unix_socket_server_and_raw_mode(
+    run_bridge: RunBridge, redis: RedisProcess
+) -> None:
     service = await run_bridge(
         "[uwsgi]\nhttp-socket = 127.0.0.1:{port}\n"
         "route = ^/foobar sse:server={sock},subscribe=foobar,buffer_size=65536\n"
@@ -87,8 +93,12 @@ async def test_key_value_action_on_a_unix_socket_server_and_raw_mode(run_bridge,
 
 
 @pytest_twisted.ensureDeferred
-async def test_burst_of_2000_to_20_clients_through_the_router(run_bridge, redis: RedisProcess) -> None:  # type: ignore[no-untyped-def]
-    service = await run_bridge("[uwsgi]\nhttp-socket = 127.0.0.1:{port}\nredis = {redis}\nroute = ^/b sse:burst\n")
+async def test_burst_of_2000_to_20_clients_through_the_router(
+    run_bridge: RunBridge, redis: RedisProcess
+) -> None:
+    service = await run_bridge(
+        "[uwsgi]\nhttp-socket = 127.0.0.1:{port}\nredis = {redis}\nroute = ^/b sse:burst\n"
+    )
     clients = [await connect_sse(reactor, "127.0.0.1", port_of(service), b"/b") for _ in range(20)]
     redis_pipeline(redis.address, [("PUBLISH", "burst", f"{i}") for i in range(2000)])
     for c in clients:
@@ -103,7 +113,9 @@ async def test_burst_of_2000_to_20_clients_through_the_router(run_bridge, redis:
     [b"/ch/%0d%0aSUBSCRIBE%20x", b"/ch/a%00b", b"/ch/", b"/ch/" + b"x" * 300],
 )
 @pytest_twisted.ensureDeferred
-async def test_hostile_channel_names_are_refused_and_not_subscribed(run_bridge, redis: RedisProcess, path: bytes) -> None:  # type: ignore[no-untyped-def]
+async def test_hostile_channel_names_are_refused_and_not_subscribed(
+    run_bridge, redis: RedisProcess, path: bytes
+) -> None:
     # [\s\S] so the capture takes CR and LF too: the refusal, not the regex, must stop them.
     service = await run_bridge(
         "[uwsgi]\nhttp-socket = 127.0.0.1:{port}\nredis = {redis}\nroute = ^/ch/([\\s\\S]*)$ sse:$1\n"
@@ -115,8 +127,10 @@ async def test_hostile_channel_names_are_refused_and_not_subscribed(run_bridge, 
 
 
 @pytest_twisted.ensureDeferred
-async def test_invalid_utf8_path_and_malformed_request(run_bridge) -> None:  # type: ignore[no-untyped-def]
-    service = await run_bridge("[uwsgi]\nhttp-socket = 127.0.0.1:{port}\nredis = {redis}\nroute = ^/ch/(.*)$ sse:$1\n")
+async def test_invalid_utf8_path_and_malformed_request(run_bridge: RunBridge) -> None:
+    service = await run_bridge(
+        "[uwsgi]\nhttp-socket = 127.0.0.1:{port}\nredis = {redis}\nroute = ^/ch/(.*)$ sse:$1\n"
+    )
     port = port_of(service)
     client = await connect_sse(reactor, "127.0.0.1", port, b"/ch/%ff%fe")
     assert client.status == 400
@@ -133,7 +147,7 @@ async def test_invalid_utf8_path_and_malformed_request(run_bridge) -> None:  # t
 
 
 @pytest_twisted.ensureDeferred
-async def test_stream_limit_answers_503_with_retry_after(run_bridge) -> None:  # type: ignore[no-untyped-def]
+async def test_stream_limit_answers_503_with_retry_after(run_bridge: RunBridge) -> None:
     service = await run_bridge(
         "[uwsgi]\nhttp-socket = 127.0.0.1:{port}\nredis = {redis}\nroute = ^/s sse:s\nmax-streams = 3\n"
     )
@@ -152,9 +166,12 @@ async def test_stream_limit_answers_503_with_retry_after(run_bridge) -> None:  #
 
 
 @pytest_twisted.ensureDeferred
-async def test_oversize_messages_are_counted_not_delivered(run_bridge, redis: RedisProcess) -> None:  # type: ignore[no-untyped-def]
+async def test_oversize_messages_are_counted_not_delivered(
+    run_bridge: RunBridge, redis: RedisProcess
+) -> None:
     service = await run_bridge(
-        "[uwsgi]\nhttp-socket = 127.0.0.1:{port}\nredis = {redis}\nroute = ^/s sse:s\nmax-message-size = 1000\n"
+        "[uwsgi]\nhttp-socket = 127.0.0.1:{port}\nredis = {redis}\nroute = ^/s sse:s\n"
+        "max-message-size = 1000\n"
     )
     client = await connect_sse(reactor, "127.0.0.1", port_of(service), b"/s")
     redis.publish("s", "x" * 1001)
@@ -165,7 +182,7 @@ async def test_oversize_messages_are_counted_not_delivered(run_bridge, redis: Re
 
 
 @pytest_twisted.ensureDeferred
-async def test_shutdown_tells_streams_to_come_back(run_bridge) -> None:  # type: ignore[no-untyped-def]
+async def test_shutdown_tells_streams_to_come_back(run_bridge: RunBridge) -> None:
     service = await run_bridge(
         "[uwsgi]\nhttp-socket = 127.0.0.1:{port}\nredis = {redis}\nroute = ^/s sse:s\n"
         "shutdown-window = 0.5\nretry-ms = 2000\n"
@@ -180,7 +197,9 @@ async def test_shutdown_tells_streams_to_come_back(run_bridge) -> None:  # type:
 @pytest_twisted.ensureDeferred
 async def test_default_config_serves_the_clock_demo(tmp_path: Path, redis: RedisProcess) -> None:
     config = default_config()
-    mule = MuleSpec((sys.executable, "-m", "ssebridge.clock", "--server", f"127.0.0.1:{redis.port}", "--interval", "0.2"))
+    mule = MuleSpec(
+        (sys.executable, "-m", "ssebridge.clock", "--server", f"127.0.0.1:{redis.port}", "--interval", "0.2")
+    )
     port = free_port()
     config = dataclasses.replace(
         config,

@@ -9,10 +9,10 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest_twisted
+from helpers import sleep, until
 from twisted.internet import reactor
 from twisted.web.resource import Resource
 
-from helpers import sleep, until
 from ssebridge.httpchannel import BridgeSite
 from ssebridge.hub import Hub
 from ssebridge.redisaddr import RedisServer
@@ -84,7 +84,9 @@ async def test_frozen_redis_is_detected_and_the_bridge_recovers(bridge: Fixture)
     bridge.redis.freeze()
     try:
         # The socket stays open; only the health check can tell.
-        await until(lambda: bridge.transport().protocol is not first, timeout=8, what="dead connection dropped")
+        await until(
+            lambda: bridge.transport().protocol is not first, timeout=8, what="dead connection dropped"
+        )
     finally:
         bridge.redis.thaw()
     await until(lambda: bridge.redis.numsub("news") == 1, timeout=5, what="resubscribed")

@@ -51,7 +51,9 @@ async def served(request: Any, redis: RedisProcess) -> AsyncIterator[tuple[int, 
 
 @pytest.mark.parametrize("served", ["twisted_web"], indirect=True)
 @pytest_twisted.ensureDeferred
-async def test_twisted_web_site_mounts_a_channel_and_the_router(served: tuple[int, Any], redis: RedisProcess) -> None:
+async def test_twisted_web_site_mounts_a_channel_and_the_router(
+    served: tuple[int, Any], redis: RedisProcess
+) -> None:
     port, hub = served
     news = await connect_sse(reactor, "127.0.0.1", port, b"/news")
     room = await connect_sse(reactor, "127.0.0.1", port, b"/bridge/rooms/blue")
@@ -79,7 +81,9 @@ async def test_klein_routes_return_streams(served: tuple[int, Any], redis: Redis
     denied = await connect_sse(reactor, "127.0.0.1", port, b"/users/ann/events")
     assert denied.status == 401
     await denied.disconnect()
-    ann = await connect_sse(reactor, "127.0.0.1", port, b"/users/ann/events", headers={b"Authorization": b"Bearer ann"})
+    ann = await connect_sse(
+        reactor, "127.0.0.1", port, b"/users/ann/events", headers={b"Authorization": b"Bearer ann"}
+    )
     clock = await connect_sse(reactor, "127.0.0.1", port, b"/sse/clock")
     assert ann.status == 200 and clock.status == 200
     redis.publish("sports", "goal")

@@ -97,13 +97,20 @@ def test_socket_activation_and_ready_stopping_notices(tmp_path: Path, redis: Red
         listener.close()
     # --logger gave one JSON object a line, with structured fields.
     events = [json.loads(line) for line in out.decode().splitlines() if line.startswith("{")]
-    assert any(e.get("log_format", "").startswith("stream closed") and e.get("channel") == "s" for e in events)
+    assert any(
+        e.get("log_format", "").startswith("stream closed") and e.get("channel") == "s" for e in events
+    )
 
 
 @pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd not installed")
 def test_unit_files_verify() -> None:
     result = subprocess.run(
-        ["systemd-analyze", "verify", str(REPO / "etc/ssebridge.service"), str(REPO / "etc/ssebridge.socket")],
+        [
+            "systemd-analyze",
+            "verify",
+            str(REPO / "etc/ssebridge.service"),
+            str(REPO / "etc/ssebridge.socket"),
+        ],
         capture_output=True,
         text=True,
         timeout=60,

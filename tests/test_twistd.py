@@ -127,7 +127,9 @@ def test_seed_clock_example_runs_with_its_ini(tmp_path: Path, redis: RedisProces
     # points the default at its own server with one extra line.
     (tmp_path / "clock.ini").write_text(SEED_INI.format(port=port) + f"redis = 127.0.0.1:{redis.port}\n")
     (tmp_path / "clock.py").write_text(PUBLISHER.format(python=sys.executable, redis_port=redis.port))
-    (tmp_path / "clock.html").write_text("<div id='clock'></div><script>new EventSource('/whattimeisit')</script>")
+    (tmp_path / "clock.html").write_text(
+        "<div id='clock'></div><script>new EventSource('/whattimeisit')</script>"
+    )
     proc = twistd("-n", "--pidfile=", "ssebridge", "--config", "clock.ini", cwd=tmp_path)
     stop.append(proc)
     wait_port(port)
@@ -177,7 +179,9 @@ def children(pid: int) -> set[int]:
 
 
 def test_workers_share_the_port_replace_a_dead_one_and_stop_together(
-    tmp_path: Path, redis: RedisProcess, stop: list  # type: ignore[type-arg]
+    tmp_path: Path,
+    redis: RedisProcess,
+    stop: list,  # type: ignore[type-arg]
 ) -> None:
     port = free_port()
     (tmp_path / "w.toml").write_text(
