@@ -17,6 +17,7 @@ setup(
         "txredisapi>=1.6.0",
         "klein>=24.8.0",
         "hiredis>=2.3.0",
+        "prometheus_client>=0.20.0",
     ],
     extras_require={
         "test": [
@@ -24,7 +25,11 @@ setup(
             "pytest-twisted>=1.14.3",
             "hypothesis>=6.100",
             "treq>=24.9.1",
+            "flask>=3.0",
+            "waitress>=3.0",
+            "django>=4.2",
             "mypy>=1.10",
+            "mypy-zope>=1.0.9",
             "ruff>=0.5",
         ],
     },

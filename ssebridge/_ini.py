@@ -146,6 +146,15 @@ def _handlers(builder: ConfigBuilder) -> dict[str, Callable[[str, str, int], Non
         handlers[kind] = rule
     for name in SETTINGS_BY_INI:
         handlers[name] = setting
+    def wsgi_file(key: str, value: str, line: int) -> None:
+        builder.add_wsgi_file(value, line, key)
+
+    def header(key: str, value: str, line: int) -> None:
+        builder.add_header_mapping(key == "pull-header", value, line, key)
+
+    handlers["wsgi-file"] = wsgi_file
+    handlers["collect-header"] = header
+    handlers["pull-header"] = header
     handlers["route-allow"] = route_allow
     handlers["static-map"] = static
     handlers["mule"] = mule

@@ -166,6 +166,18 @@ class _Reader:
                 self.builder.set(setting, setting_from_value(setting, value), line, key)
             except (TypeError, ValueError) as e:
                 raise self.builder.error(line, f"{key}: {e}") from None
+        elif key == "wsgi_file":
+            if not isinstance(value, str):
+                raise self.builder.error(line, f"wsgi_file must be a string, not {type_name(value)}")
+            self.builder.add_wsgi_file(value, line, key)
+        elif key in ("collect_header", "pull_header"):
+            items = [value] if isinstance(value, str) else value
+            if not isinstance(items, list) or not all(isinstance(i, str) for i in items):
+                raise self.builder.error(
+                    line, f'{key} must be an array of "Header-Name VARIABLE" strings, not {type_name(value)}'
+                )
+            for item in items:
+                self.builder.add_header_mapping(key == "pull_header", item, line, key)
         elif key in ("route", "static", "mule"):
             handle = {"route": self.route, "static": self.static, "mule": self.mule}[key]
             for index, table in self.tables(key, value, line):

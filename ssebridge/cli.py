@@ -33,7 +33,12 @@ def make_service(options: Mapping[str, Any]) -> Service:
         except ValueError as e:
             sys.stderr.write(f"ssebridge: {config.source}: {e}\n")
             raise SystemExit(2) from None
-    return BridgeService(config)
+    try:
+        return BridgeService(config)
+    except ValueError as e:
+        # A WSGI app that does not load: one line, no traceback.
+        sys.stderr.write(f"ssebridge: {config.source}: {e}\n")
+        raise SystemExit(2) from None
 
 
 def check(path: str | None) -> int:

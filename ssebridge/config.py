@@ -113,13 +113,29 @@ class Config:
     idle_timeout: float = 75.0
     #: Largest request body accepted (for the upstream app), in bytes; larger ones get 413.
     max_body: int = 10 * 1024 * 1024
+    #: The upstream app, at most one of: a WSGI file (its ``application``), a WSGI ``module:callable``,
+    #: or the base URL of an HTTP app.
+    wsgi_file: Path | None = None
+    wsgi_module: str = ""
+    proxy: str = ""
+    #: ``collect-header`` and ``pull-header``: (response header, variable) pairs, in order.
+    collect_headers: tuple[tuple[str, str], ...] = ()
+    pull_headers: tuple[tuple[str, str], ...] = ()
+    #: Threads running the in-process WSGI app.
+    threads: int = 10
+    #: Seconds to wait for the upstream's response headers before answering 504.
+    upstream_timeout: float = 30.0
+    #: Trust (in-process) or send (proxy) the X-Forwarded-For/-Proto/-Host headers.
+    forwarded: bool = False
+    #: The response header by which an upstream hands a connection over with no rule configured.
+    offload_header: str = "X-SSE-Offload"
     #: Non-fatal notes found while loading (unknown keys, accepted-but-unused keys).
     warnings: tuple[str, ...] = field(default=())
 
 
 # Scalar settings: one table for both syntaxes.
 
-SettingType = Literal["int", "float", "str", "count"]
+SettingType = Literal["int", "float", "str", "count", "bool"]
 
 
 @dataclass(frozen=True)
@@ -173,6 +189,43 @@ def _path_or_empty(value: Any) -> str:
     return text.rstrip("/")
 
 
+_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+_MODULE = re.compile(r"[A-Za-z_][\w.]*(:[A-Za-z_][\w.]*)?")
+
+
+def _header_name(value: Any) -> str:
+    text = str(value).strip()
+    if not _TOKEN.fullmatch(text):
+        raise ValueError(f"{text!r} is not a header name")
+    return text
+
+
+def _wsgi_module(value: Any) -> str:
+    text = str(value).strip()
+    if not _MODULE.fullmatch(text):
+        raise ValueError(f"{text!r} is not pkg.module or pkg.module:callable")
+    return text
+
+
+def _proxy_url(value: Any) -> str:
+    text = str(value).strip()
+    if not re.fullmatch(r"https?://[^\s/?#]+(/[^\s?#]*)?", text):
+        raise ValueError(f"{text!r} is not an http:// or https:// URL")
+    return text.rstrip("/")
+
+
+def header_mapping(text: str) -> tuple[str, str]:
+    """``collect-header``/``pull-header`` values: ``Header-Name VARIABLE``."""
+    parts = text.split()
+    if len(parts) != 2:
+        raise ValueError(f"expected 'Header-Name VARIABLE', got {text!r}")
+    return _header_name(parts[0]), parts[1]
+
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
+
+
 def _server(value: Any) -> RedisServer:
     return parse_server(value)
 
@@ -200,6 +253,12 @@ SETTINGS: tuple[Setting, ...] = (
     _setting("metrics_path", "str", _path_or_empty, "path of the metrics on the main listener"),
     _setting("idle_timeout", "float", _positive, "seconds an idle keep-alive connection is kept"),
     _setting("max_body", "int", _positive, "largest request body accepted, in bytes"),
+    Setting("wsgi_module", "wsgi", ("module", "wsgi"), "str", _wsgi_module, "the WSGI app: pkg.mod:callable"),
+    _setting("proxy", "str", _proxy_url, "base URL of an HTTP upstream app"),
+    _setting("threads", "int", _positive, "threads running the in-process WSGI app"),
+    _setting("upstream_timeout", "float", _positive, "seconds to wait for the upstream's headers"),
+    _setting("forwarded", "bool", lambda v: v, "trust/send X-Forwarded-* headers"),
+    _setting("offload_header", "str", _header_name, "response header naming a channel to offload to"),
 )
 SETTINGS_BY_TOML = {s.toml: s for s in SETTINGS}
 SETTINGS_BY_INI = {name: s for s in SETTINGS for name in s.ini}
@@ -218,6 +277,11 @@ def setting_from_text(setting: Setting, text: str) -> Any:
     """An ini value (always text) converted to the setting's type, then checked."""
     text = text.strip()
     value: Any
+    if setting.type == "bool":
+        lowered = text.lower()
+        if lowered not in _TRUE | _FALSE:
+            raise ValueError(f"{text!r} is not true or false")
+        return setting.check(lowered in _TRUE)
     if setting.type == "int":
         if not _INT.fullmatch(text):
             raise ValueError(f"{text!r} is not an integer")
@@ -242,6 +306,9 @@ def setting_from_value(setting: Setting, value: object) -> Any:
         expected = "a number"
         if ok:
             value = _finite(float(value))  # type: ignore[arg-type]
+    elif setting.type == "bool":
+        ok = isinstance(value, bool)
+        expected = "true or false"
     elif setting.type == "count":
         ok = (isinstance(value, int) and not isinstance(value, bool)) or value == "auto"
         expected = 'a whole number or "auto"'
@@ -447,6 +514,9 @@ class ConfigBuilder:
         self.static_maps: list[StaticMap] = []
         self.mules: list[MuleSpec] = []
         self.values: dict[str, Any] = {}
+        self.wsgi_file: Path | None = None
+        self.collect_headers: list[tuple[str, str]] = []
+        self.pull_headers: list[tuple[str, str]] = []
         self.warnings: list[str] = []
         self._set_at: dict[str, int | None] = {}
         #: In checking mode (``check_config``) problems are collected here instead of raised.
@@ -490,9 +560,38 @@ class ConfigBuilder:
         except RuleError as e:
             raise self.error(line, f"{kind}: {e}") from None
 
+    def add_wsgi_file(self, path: str, line: int | None, key: str) -> None:
+        resolved = _resolve(self.base, path)
+        if not resolved.is_file():
+            raise self.error(line, f"{key}: {str(resolved)!r} does not exist")
+        self.wsgi_file = resolved
+        self._set_at.setdefault("wsgi_file", line)
+
+    def add_header_mapping(self, pull: bool, text: str, line: int | None, key: str) -> None:
+        try:
+            mapping = header_mapping(text)
+        except ValueError as e:
+            raise self.error(line, f"{key}: {e}") from None
+        (self.pull_headers if pull else self.collect_headers).append(mapping)
+
     def build(self, source: str) -> Config:
         listen = tuple(self.listen) if self.listen else (DEFAULT_LISTEN,)
+        upstreams = [
+            name
+            for name, present in (
+                ("wsgi-file", self.wsgi_file is not None),
+                ("module", bool(self.values.get("wsgi_module"))),
+                ("proxy", bool(self.values.get("proxy"))),
+            )
+            if present
+        ]
+        if len(upstreams) > 1:
+            line = self._set_at.get("proxy", self._set_at.get("wsgi_module"))
+            raise self.error(line, f"choose one upstream app, not {' and '.join(upstreams)}")
         return Config(
+            wsgi_file=self.wsgi_file,
+            collect_headers=tuple(self.collect_headers),
+            pull_headers=tuple(self.pull_headers),
             source=source,
             listen=listen,
             rules=tuple(self.rules),

@@ -22,6 +22,7 @@ from ssebridge.httpchannel import BridgeSite
 from ssebridge.hub import Hub
 from ssebridge.sdnotify import notify
 from ssebridge.transport import redis_transport_factory
+from ssebridge.upstreams import build_upstream
 from ssebridge.web import Bridge
 from ssebridge.workers import adopt_listeners
 
@@ -78,6 +79,8 @@ class BridgeService(MultiService):
         self.config = config
         self.reactor = reactor
         self.hub = Hub(redis_transport_factory(reactor), max_message_size=config.max_message_size)
+        # Loading a WSGI app runs its code: a broken one fails here, before anything listens.
+        self.upstream = build_upstream(config, reactor)
         self.bridge = Bridge(
             self.hub,
             rules=config.rules,
@@ -86,6 +89,8 @@ class BridgeService(MultiService):
             max_buffer=config.client_buffer,
             confirm_timeout=config.confirm_timeout,
             max_streams=config.max_streams,
+            upstream=self.upstream,
+            offload_header=config.offload_header,
             reactor=reactor,
         )
         self.site = BridgeSite(
@@ -167,6 +172,8 @@ class BridgeService(MultiService):
             log.info("stopping: closing {count} streams", count=len(self.bridge.streams))
             await self.bridge.close_all(self.config.shutdown_window, self.config.retry_ms)
             await maybeDeferred(super().stopService)
+            if self.upstream is not None:
+                await self.upstream.stop()
             await self.hub.stop()
         except Exception:
             # twistd drops exceptions raised while stopping: say it here.

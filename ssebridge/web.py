@@ -132,6 +132,8 @@ _HOP_BY_HOP = frozenset(
 
 #: The response header by which an upstream app hands a connection over with no rules configured.
 DEFAULT_OFFLOAD_HEADER = "X-SSE-Offload"
+#: The variable the seed's apps set with ``uwsgi.add_var``; honoured with no rule configured, too.
+OFFLOAD_VARIABLE = "X-SSE-OFFLOAD"
 
 
 def _write_text(request: Request, code: int, text: str) -> None:
@@ -379,10 +381,13 @@ class Bridge:
                 native = value
         try:
             resolved = resolve_response(self.rules, merged, self.default_server)
-            if resolved is None and native is not None:
-                resolved = resolve_action(
-                    Action("sse", native.decode("utf-8", "replace")), merged, self.default_server
-                )
+            if resolved is None:
+                # No rule took it: the native signals need none, the header or the seed's variable.
+                channel = native.decode("utf-8", "replace") if native is not None else None
+                if channel is None:
+                    channel = reply.variables.get(OFFLOAD_VARIABLE)
+                if channel is not None:
+                    resolved = resolve_action(Action("sse", channel), merged, self.default_server)
         except RefusedChannel as e:
             reply.discard_body()
             log.warn("upstream offload refused for {path!r}: {why}", path=variables["PATH_INFO"], why=str(e))

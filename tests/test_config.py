@@ -90,6 +90,7 @@ def seed_dir(tmp_path: Path) -> Path:
     """A directory with the seed's side files: clock.pl (with a shebang) and clock.html."""
     (tmp_path / "clock.pl").write_text("#!/usr/bin/env perl\nuse Redis;\n")
     (tmp_path / "clock.html").write_text("<div id='clock'></div>\n")
+    (tmp_path / "clock.py").write_text("def application(environ, start_response):\n    return []\n")
     return tmp_path
 
 
@@ -129,7 +130,8 @@ def test_seed_app_governed_example(seed_dir: Path) -> None:
     config = load_config(path)
     assert config.listen == ("tcp:9090",)
     assert [r.kind for r in config.rules] == ["final-route-if-not"]
-    assert config.warnings == (f"{path}:13: unknown key 'wsgi-file' ignored",)
+    assert config.warnings == ()
+    assert config.wsgi_file == seed_dir / "clock.py"
     variables = {"PATH_INFO": "/whattimeisit", "X-SSE-OFFLOAD": "clock"}
     assert resolve_request(config.rules, variables, config.redis) is None
     resolved = resolve_response(config.rules, variables, config.redis)
@@ -140,10 +142,9 @@ def test_seed_app_governed_example(seed_dir: Path) -> None:
 def test_seed_pull_header_example(tmp_path: Path) -> None:
     path = write(tmp_path, "pull.ini", SEED_PULL_HEADER)
     config = load_config(path)
-    assert config.warnings == (
-        f"{path}:3: unknown key 'collect-header' ignored",
-        f"{path}:4: unknown key 'pull-header' ignored",
-    )
+    assert config.warnings == ()
+    assert config.collect_headers == (("Content-Type", "RESPONSE_TYPE"),)
+    assert config.pull_headers == (("X-SSE-Channel", "X_SSE_CHANNEL"),)
     variables = {"RESPONSE_TYPE": "event/stream", "X_SSE_CHANNEL": "foobar"}
     resolved = resolve_response(config.rules, variables, config.redis)
     assert resolved is not None and resolved.channel == b"foobar"
@@ -185,6 +186,7 @@ script = "clock.pl"
 
 TOML_APP_GOVERNED = """\
 listen = ["tcp:9090"]
+wsgi_file = "clock.py"
 
 [[route]]
 final_if_not = "empty:${X-SSE-OFFLOAD}"
@@ -206,6 +208,7 @@ def _comparable(config: Config) -> tuple[object, ...]:
         [(r.kind, r.pattern, r.condition, r.action) for r in config.rules],
         config.static_maps,
         config.offload_threads,
+        config.wsgi_file,
     )
 
 
@@ -784,3 +787,50 @@ def test_check_lists_every_problem_with_its_line(tmp_path: Path) -> None:
     good.write_text('[[route]]\nmatch = "^/a"\naction = "sse:a"\n')
     config, problems = check_config(good)
     assert config is not None and problems == []
+
+
+def test_upstream_keys_in_both_syntaxes(tmp_path: Path) -> None:
+    (tmp_path / "app.py").write_text("application = None\n")
+    ini = load_config(
+        write(
+            tmp_path,
+            "u.ini",
+            "[uwsgi]\nproxy = http://127.0.0.1:5000/\ncollect-header = Content-Type RESPONSE_TYPE\n"
+            "pull-header = X-SSE-Channel X_SSE_CHANNEL\nthreads = 4\nupstream-timeout = 2.5\n"
+            "forwarded = yes\noffload-header = X-Stream\n",
+        )
+    )
+    toml = load_config(
+        write(
+            tmp_path,
+            "u.toml",
+            'proxy = "http://127.0.0.1:5000/"\ncollect_header = ["Content-Type RESPONSE_TYPE"]\n'
+            'pull_header = "X-SSE-Channel X_SSE_CHANNEL"\nthreads = 4\nupstream_timeout = 2.5\n'
+            'forwarded = true\noffload_header = "X-Stream"\n',
+        )
+    )
+    for config in (ini, toml):
+        assert config.proxy == "http://127.0.0.1:5000"
+        assert config.collect_headers == (("Content-Type", "RESPONSE_TYPE"),)
+        assert config.pull_headers == (("X-SSE-Channel", "X_SSE_CHANNEL"),)
+        assert (config.threads, config.upstream_timeout, config.forwarded) == (4, 2.5, True)
+        assert config.offload_header == "X-Stream"
+    module = load_config(write(tmp_path, "m.ini", "[uwsgi]\nmodule = pkg.mod:app\n"))
+    assert module.wsgi_module == "pkg.mod:app"
+
+
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [
+        ("[uwsgi]\nwsgi-file = missing.py\n", "2: wsgi-file"),
+        ("[uwsgi]\nproxy = ftp://x\n", "2: proxy"),
+        ("[uwsgi]\ncollect-header = Content-Type\n", "2: collect-header"),
+        ("[uwsgi]\nproxy = http://a\nmodule = x:y\n", "choose one upstream"),
+        ("[uwsgi]\nforwarded = maybe\n", "2: forwarded"),
+        ("[uwsgi]\nmodule = not a module\n", "2: module"),
+    ],
+)
+def test_bad_upstream_keys(tmp_path: Path, text: str, problem: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(write(tmp_path, "bad.ini", text))
+    assert problem in str(info.value)

@@ -1,0 +1,208 @@
+"""Upstreams: the app behind the routes, in-process (WSGI) or remote (HTTP), and what it answered.
+
+A request that no routing rule takes is forwarded to the upstream. Its answer comes back as an
+``UpstreamReply``: status, headers, and the variables the app set (``uwsgi.add_var``, ``collect-header``,
+``pull-header``). The router then decides, with the ``final-route-if*`` rules or the native
+``X-SSE-Offload`` header, whether the connection becomes a stream (the body is dropped) or the reply
+passes through to the client as the app wrote it.
+
+The two implementations live in ``ssebridge.wsgi`` (``WSGIUpstream``) and ``ssebridge.proxy``
+(``HTTPUpstream``). What they share is here: the reply, the header rules (``HeaderRules``: collect and
+pull), hop-by-hop filtering, and taking the request body away from Twisted (``detach_body``).
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import IO, Protocol
+
+from twisted.internet.defer import Deferred, succeed
+from twisted.web.server import Request
+
+__all__ = [
+    "HOP_BY_HOP",
+    "BodySource",
+    "HeaderRules",
+    "Upstream",
+    "UpstreamError",
+    "UpstreamReply",
+    "decode_header_value",
+    "detach_body",
+    "strip_hop_by_hop",
+]
+
+
+class UpstreamError(Exception):
+    """The upstream failed: ``code`` (502, 504, 500...) and a short text for the client."""
+
+    def __init__(self, code: int, text: str) -> None:
+        super().__init__(text)
+        self.code = code
+        self.text = text
+
+
+class BodySource(Protocol):
+    """The body of one reply, still held by the upstream (a WSGI iterable, an HTTP response).
+
+    Exactly one of ``send`` or ``discard`` is called, once, on the reactor thread.
+    """
+
+    def send(self, request: Request) -> Deferred[None]: ...
+
+    def discard(self) -> None: ...
+
+
+@dataclass
+class UpstreamReply:
+    """What the upstream answered, before anything of it is sent to the client."""
+
+    status: int
+    reason: bytes
+    headers: list[tuple[bytes, bytes]]
+    #: Variables the app set or that were collected/pulled from its headers.
+    variables: dict[str, str] = field(default_factory=dict)
+    #: Where the body comes from; ``None`` for a reply without a body.
+    body: BodySource | None = field(default=None, repr=False, compare=False)
+
+    def send_body(self, request: Request) -> Deferred[None]:
+        """Stream the body to the client (the status and headers are already set on ``request``).
+
+        Fires when the body has been written (or the client went away); the caller finishes the
+        request. A body that fails half-way is logged by the upstream and the client connection is
+        aborted, so the client cannot take a truncated body for a whole one; the Deferred still fires
+        with ``None``.
+        """
+        if self.body is None:
+            return succeed(None)
+        return self.body.send(request)
+
+    def discard_body(self) -> None:
+        """The connection was offloaded: drop the body and release the upstream."""
+        if self.body is not None:
+            self.body.discard()
+
+
+class Upstream(Protocol):
+    """An app behind the router."""
+
+    def forward(self, request: Request, variables: dict[str, str]) -> Deferred[UpstreamReply]:
+        """Send ``request`` to the app; fire with its reply, or fail with ``UpstreamError``."""
+        ...
+
+    def stop(self) -> Deferred[None]:
+        """Release threads and connections."""
+        ...
+
+
+# --- headers -------------------------------------------------------------------------------------
+
+#: Headers that describe one connection, not the message: never forwarded either way (RFC 9110 7.6.1).
+HOP_BY_HOP = frozenset(
+    [
+        b"connection",
+        b"keep-alive",
+        b"te",
+        b"trailer",
+        b"transfer-encoding",
+        b"upgrade",
+        b"proxy-connection",
+        b"proxy-authenticate",
+        b"proxy-authorization",
+    ]
+)
+
+
+def strip_hop_by_hop(headers: Iterable[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+    """``headers`` without the hop-by-hop ones, including any that ``Connection`` names."""
+    headers = list(headers)
+    named = set(HOP_BY_HOP)
+    for name, value in headers:
+        if name.lower() == b"connection":
+            named.update(token.strip().lower() for token in value.split(b",") if token.strip())
+    return [(name, value) for name, value in headers if name.lower() not in named]
+
+
+def decode_header_value(value: bytes) -> str:
+    """A header value as a variable: UTF-8 when it is UTF-8, else latin-1 (which never fails).
+
+    UTF-8 first so that a channel name such as ``café`` sent as UTF-8 bytes means the same channel as
+    the router's own (UTF-8 decoded) request variables.
+    """
+    try:
+        return value.decode("utf-8")
+    except UnicodeDecodeError:
+        return value.decode("latin-1")
+
+
+class HeaderRules:
+    """``collect-header`` and ``pull-header``: response headers mapped to request variables.
+
+    Each rule is ``(HeaderName, VARIABLE)``; names match case-insensitively. A collected header still
+    goes to the client, a pulled one does not. When a header occurs more than once, the first value
+    is taken (as uWSGI does: its variable lookup returns the first appended value).
+    """
+
+    def __init__(self, collect: Sequence[tuple[str, str]] = (), pull: Sequence[tuple[str, str]] = ()) -> None:
+        self._collect = self._normalise(collect, "collect")
+        self._pull = self._normalise(pull, "pull")
+
+    @staticmethod
+    def _normalise(rules: Sequence[tuple[str, str]], kind: str) -> tuple[tuple[bytes, str], ...]:
+        out = []
+        for rule in rules:
+            if len(rule) != 2 or not rule[0] or not rule[1]:
+                raise ValueError(f"{kind}-header needs a header name and a variable name, not {rule!r}")
+            out.append((rule[0].strip().lower().encode("latin-1"), rule[1].strip()))
+        return tuple(out)
+
+    def __bool__(self) -> bool:
+        return bool(self._collect or self._pull)
+
+    def apply(
+        self, headers: Sequence[tuple[bytes, bytes]]
+    ) -> tuple[list[tuple[bytes, bytes]], dict[str, str]]:
+        """Return the headers the client should see, and the variables found."""
+        if not self:
+            return list(headers), {}
+        variables: dict[str, str] = {}
+        pulled = {name for name, _ in self._pull}
+        for name, var in self._collect + self._pull:
+            if var in variables:
+                continue
+            for header, value in headers:
+                if header.lower() == name:
+                    variables[var] = decode_header_value(value)
+                    break
+        kept = [(header, value) for header, value in headers if header.lower() not in pulled]
+        return kept, variables
+
+
+# --- the request body ----------------------------------------------------------------------------
+
+
+def detach_body(request: Request) -> IO[bytes]:
+    """A file of the request body that the upstream owns, positioned at the start.
+
+    Twisted has read the whole body already (``request.content``), but it closes that file when the
+    request finishes or the client disconnects, which may happen while a pool thread or a body
+    producer still reads it. Small bodies (a ``BytesIO``) are copied; large ones (a temporary file)
+    get a duplicated file descriptor, so neither a copy nor the reactor's close gets in the way.
+    The caller closes the returned file.
+    """
+    content = getattr(request, "content", None)
+    if content is None:
+        return io.BytesIO()
+    if isinstance(content, io.BytesIO):
+        return io.BytesIO(content.getvalue())
+    try:
+        fd = content.fileno()
+    except (AttributeError, OSError, ValueError):
+        content.seek(0)
+        return io.BytesIO(content.read())
+    # A dup shares the file offset with Twisted's file object: nothing in Twisted reads it again.
+    body = os.fdopen(os.dup(fd), "rb")
+    body.seek(0)
+    return body
