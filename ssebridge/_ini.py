@@ -86,7 +86,7 @@ def parse(text: str, builder: ConfigBuilder, config: Path) -> None:
         name = key.replace("_", "-")
         handler = handlers.get(name)
         if handler is not None:
-            builder.attempt(lambda h=handler, n=name, v=value, ln=number: h(n, _magic(v, config), ln))
+            builder.attempt(handler, name, _magic(value, config), number)
         elif name in IGNORED_KEYS:
             continue
         else:

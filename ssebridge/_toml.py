@@ -154,7 +154,7 @@ class _Reader:
 
     def read(self, data: Mapping[str, Any]) -> None:
         for key, value in data.items():
-            self.builder.attempt(lambda k=key, v=value: self.entry(k, v))
+            self.builder.attempt(self.entry, key, value)
 
     def entry(self, key: str, value: Any) -> None:
         line = self.lines.line(None, key)
@@ -181,7 +181,7 @@ class _Reader:
         elif key in ("route", "static", "mule"):
             handle = {"route": self.route, "static": self.static, "mule": self.mule}[key]
             for index, table in self.tables(key, value, line):
-                self.builder.attempt(lambda h=handle, t=table, w=(key, index): h(t, w))
+                self.builder.attempt(handle, table, (key, index))
         else:
             self.builder.unknown(line, key)
 

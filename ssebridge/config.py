@@ -523,11 +523,11 @@ class ConfigBuilder:
         self.collecting = False
         self.problems: list[ConfigError] = []
 
-    def attempt(self, step: Callable[[], None]) -> None:
+    def attempt(self, step: Callable[..., None], *args: Any) -> None:
         """Run one independent step of parsing: in checking mode a problem is noted and parsing goes on
         with the next step, so every problem of a file is reported at once."""
         try:
-            step()
+            step(*args)
         except ConfigError as e:
             if not self.collecting:
                 raise

@@ -10,7 +10,9 @@ from __future__ import annotations
 from typing import Any
 
 from twisted.internet.interfaces import IDelayedCall
+from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from twisted.web.http import HTTPChannel
 from twisted.web.server import Request, Site
 
@@ -31,12 +33,12 @@ class GuardedHTTPChannel(HTTPChannel):
     _header_deadline: IDelayedCall | None = None
 
     def connectionMade(self) -> None:
-        super().connectionMade()
+        super().connectionMade()  # type: ignore[no-untyped-call]
         self._arm_header_deadline()
 
     def _arm_header_deadline(self) -> None:
         if self.header_timeout > 0 and self._header_deadline is None:
-            self._header_deadline = self.callLater(self.header_timeout, self._headers_too_slow)
+            self._header_deadline = self.callLater(self.header_timeout, self._headers_too_slow)  # type: ignore[no-untyped-call]
 
     def _disarm_header_deadline(self) -> None:
         if self._header_deadline is not None:
@@ -53,20 +55,20 @@ class GuardedHTTPChannel(HTTPChannel):
             peer=str(peer),
         )
         if self.transport is not None:
-            self.transport.abortConnection()
+            self.transport.abortConnection()  # type: ignore[attr-defined]
 
     def allHeadersReceived(self) -> None:
         self._disarm_header_deadline()
-        super().allHeadersReceived()
+        super().allHeadersReceived()  # type: ignore[no-untyped-call]
 
     def requestDone(self, request: Any) -> None:
-        super().requestDone(request)
+        super().requestDone(request)  # type: ignore[no-untyped-call]
         if self.persistent:
             self._arm_header_deadline()
 
-    def connectionLost(self, reason: Any) -> None:
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         self._disarm_header_deadline()
-        super().connectionLost(reason)
+        super().connectionLost(reason)  # type: ignore[no-untyped-call]
 
 
 class BridgeRequest(Request):
@@ -83,7 +85,7 @@ class BridgeRequest(Request):
     def gotLength(self, length: int | None) -> None:
         if length is not None and length > self.max_body:
             self._refuse_body()
-        super().gotLength(0 if self._refused else length)
+        super().gotLength(0 if self._refused else length)  # type: ignore[no-untyped-call]
 
     def handleContentChunk(self, data: bytes) -> None:
         if self._refused:
@@ -92,7 +94,7 @@ class BridgeRequest(Request):
         if self._body_received > self.max_body:
             self._refuse_body()
             return
-        super().handleContentChunk(data)
+        super().handleContentChunk(data)  # type: ignore[no-untyped-call]
 
     def _refuse_body(self) -> None:
         if self._refused:
@@ -126,11 +128,11 @@ class BridgeSite(Site):
         max_body: int = DEFAULT_MAX_BODY,
     ) -> None:
         request_factory = type("BridgeRequest", (BridgeRequest,), {"max_body": max_body})
-        super().__init__(resource, requestFactory=request_factory, timeout=idle_timeout)
+        super().__init__(resource, requestFactory=request_factory, timeout=idle_timeout)  # type: ignore[no-untyped-call]
         self.header_timeout = header_timeout
 
     def buildProtocol(self, addr: Any) -> Any:
-        channel = super().buildProtocol(addr)
+        channel = super().buildProtocol(addr)  # type: ignore[no-untyped-call]
         if channel is not None:
             channel.header_timeout = self.header_timeout
         return channel

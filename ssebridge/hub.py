@@ -81,7 +81,10 @@ class Channel:
         if self.confirmed:
             self._active_set(subscriber).add(subscriber)
             return succeed(None)
-        d: Deferred[None] = Deferred(lambda _: self._waiting.pop(subscriber, None))
+        def withdraw(_: Deferred[None]) -> None:
+            self._waiting.pop(subscriber, None)
+
+        d: Deferred[None] = Deferred(withdraw)
         self._waiting[subscriber] = d
         return d
 

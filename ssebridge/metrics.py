@@ -68,7 +68,7 @@ class MetricsResource(Resource):
     isLeaf = True
 
     def __init__(self, hub: Hub, open_streams: Callable[[], int]) -> None:
-        super().__init__()
+        super().__init__()  # type: ignore[no-untyped-call]
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(BridgeCollector(hub, open_streams))
 
@@ -84,7 +84,7 @@ class HealthResource(Resource):
     isLeaf = True
 
     def __init__(self, hub: Hub, readiness: bool) -> None:
-        super().__init__()
+        super().__init__()  # type: ignore[no-untyped-call]
         self.hub = hub
         self.readiness = readiness
 

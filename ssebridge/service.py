@@ -71,7 +71,7 @@ class BridgeService(MultiService):
         inherited: Sequence[int] = (),
         run_mules: bool = True,
     ) -> None:
-        super().__init__()
+        super().__init__()  # type: ignore[no-untyped-call]
         if reactor is None:
             from twisted.internet import reactor as default_reactor
 
@@ -119,7 +119,7 @@ class BridgeService(MultiService):
             from ssebridge.mule import MuleService
 
             for spec in config.mules:
-                MuleService(spec).setServiceParent(self)
+                MuleService(spec).setServiceParent(self)  # type: ignore[no-untyped-call]
 
     @property
     def stats(self) -> Any:
@@ -156,7 +156,7 @@ class BridgeService(MultiService):
         for port in self.ports:
             log.info("listening on {address}", address=str(port.getHost()))
         self.bridge.start_heartbeat(self.config.heartbeat)
-        super().startService()
+        super().startService()  # type: ignore[no-untyped-call]
         if self.worker_index is None:
             notify(f"READY=1\nSTATUS=listening on {len(self.ports)} sockets\nMAINPID={os.getpid()}")
 

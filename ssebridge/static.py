@@ -241,7 +241,7 @@ def _prefix_match(prefix: str, url_path: bytes) -> bytes | None:
 def _set_headers(request: Request, headers: Mapping[bytes, bytes]) -> None:
     """``Request.setHeader`` for each header; twisted.web.http leaves setHeader untyped."""
     for name, value in headers.items():
-        request.setHeader(name, value)  # type: ignore[no-untyped-call]
+        request.setHeader(name, value)
 
 
 def _is_regular_file(path: Path) -> bool:
@@ -364,5 +364,5 @@ class StaticFiles(Resource):
         found = static_resource_for(self.maps, request)
         if found is None:
             return _Refusal(http.NOT_FOUND).render(request)
-        result: bytes | int = found.render(request)  # type: ignore[no-untyped-call]
+        result: bytes | int = found.render(request)
         return result

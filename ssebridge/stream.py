@@ -295,11 +295,11 @@ class ChannelResource(Resource):
         confirm_timeout: float = 3.0,
         reactor: IReactorTime | None = None,
     ) -> None:
-        super().__init__()
+        super().__init__()  # type: ignore[no-untyped-call]
         if reactor is None:
             from twisted.internet import reactor as default_reactor
 
-            reactor = default_reactor  # type: ignore[assignment]
+            reactor = default_reactor
         self.hub = hub
         self.redis_server = server
         # A channel often comes from the URL (a Klein route's argument): refuse what must not be
@@ -316,7 +316,7 @@ class ChannelResource(Resource):
         self.confirm_timeout = confirm_timeout
         self.reactor: Any = reactor
 
-    def render(self, request: Request) -> Any:  # type: ignore[override]
+    def render(self, request: Request) -> Any:
         if self.refused is not None:
             log.info("refused channel: {why}", why=self.refused)
             request.setResponseCode(400)

@@ -365,7 +365,7 @@ class SSEClient(Protocol):
         d: Deferred[list[Event]] = Deferred()
         self._waiters.append((n, d))
         self._notify()
-        return d.addTimeout(timeout, reactor)  # type: ignore[arg-type]
+        return d.addTimeout(timeout, reactor)
 
     def wait_raw(self, size: int, timeout: float = 10.0) -> Deferred[bytes]:
         """Fires with the first ``size`` body bytes (after de-chunking)."""
@@ -374,7 +374,7 @@ class SSEClient(Protocol):
         d: Deferred[bytes] = Deferred()
         self._raw_waiters.append((size, d))
         self._notify()
-        return d.addTimeout(timeout, reactor)  # type: ignore[arg-type]
+        return d.addTimeout(timeout, reactor)
 
     def connectionLost(self, reason: Failure | None = None) -> None:
         if reason is None:

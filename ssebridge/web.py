@@ -73,7 +73,7 @@ def request_variables(request: IRequest, script_name: bytes = b"") -> dict[str, 
     client = request.getClientAddress()
     host = getattr(client, "host", None)
     variables["REMOTE_ADDR"] = host if isinstance(host, str) else ""
-    variables["SERVER_PROTOCOL"] = request.clientproto.decode("ascii", "replace")
+    variables["SERVER_PROTOCOL"] = request.clientproto.decode("ascii", "replace")  # type: ignore[attr-defined]
     for name, values in request.requestHeaders.getAllRawHeaders():
         key = "HTTP_" + name.decode("latin-1").upper().replace("-", "_")
         variables[key] = ", ".join(v.decode("latin-1") for v in values)
@@ -86,12 +86,12 @@ class _Text(Resource):
     isLeaf = True
 
     def __init__(self, code: int, text: str, headers: dict[bytes, bytes] | None = None) -> None:
-        super().__init__()
+        super().__init__()  # type: ignore[no-untyped-call]
         self.code = code
         self.text = text
         self.headers = headers or {}
 
-    def render(self, request: Request) -> bytes:  # type: ignore[override]
+    def render(self, request: Request) -> bytes:
         request.setResponseCode(self.code)
         for name, value in self.headers.items():
             request.setHeader(name, value)
@@ -110,7 +110,7 @@ class _StreamStart(Resource):
         self.bridge = bridge
         self.resolved = resolved
 
-    def render(self, request: Request) -> int:  # type: ignore[override]
+    def render(self, request: Request) -> int:
         self.bridge.start_stream(request, self.resolved)
         return NOT_DONE_YET
 
@@ -155,10 +155,10 @@ class _Guard(Resource):
     isLeaf = True
 
     def __init__(self, router: IResource) -> None:
-        super().__init__()
+        super().__init__()  # type: ignore[no-untyped-call]
         self.router = router
 
-    def render(self, request: Request) -> Any:  # type: ignore[override]
+    def render(self, request: Request) -> Any:
         try:
             unquote_to_bytes(request.path).decode("utf-8")
         except UnicodeDecodeError:
@@ -188,7 +188,7 @@ class _UpstreamStart(Resource):
         self.bridge = bridge
         self.variables = variables
 
-    def render(self, request: Request) -> int:  # type: ignore[override]
+    def render(self, request: Request) -> int:
         bridge = self.bridge
         assert bridge.upstream is not None
         d = bridge.upstream.forward(request, self.variables)

@@ -111,7 +111,7 @@ class WorkerPool(MultiService):
     """The parent of ``workers`` bridge processes; its child services (mules) run here only once."""
 
     def __init__(self, config: Config, config_path: str | None, count: int, reactor: Any = None) -> None:
-        super().__init__()
+        super().__init__()  # type: ignore[no-untyped-call]
         if reactor is None:
             from twisted.internet import reactor as default_reactor
 
@@ -130,7 +130,7 @@ class WorkerPool(MultiService):
         from ssebridge.mule import MuleService
 
         for spec in config.mules:
-            MuleService(spec).setServiceParent(self)
+            MuleService(spec).setServiceParent(self)  # type: ignore[no-untyped-call]
 
     def startService(self) -> None:
         shared: dict[int, socket.socket] = {}
@@ -147,7 +147,7 @@ class WorkerPool(MultiService):
         for w in range(self.count):
             self.spawn(w)
         log.info("started {count} workers", count=self.count)
-        super().startService()
+        super().startService()  # type: ignore[no-untyped-call]
         notify(f"READY=1\nSTATUS={self.count} workers\nMAINPID={os.getpid()}")
 
     def spawn(self, index: int) -> None:
@@ -173,8 +173,10 @@ class WorkerPool(MultiService):
         protocol = _WorkerProtocol(self, index)
         self.workers[index] = protocol
         self.started_at[index] = self.reactor.seconds()
-        self.reactor.spawnProcess(protocol, sys.executable, argv, env=dict(os.environ), childFDs=child_fds)
-        log.info("worker {index} started, pid {pid}", index=index, pid=protocol.transport.pid)
+        process = self.reactor.spawnProcess(
+            protocol, sys.executable, argv, env=dict(os.environ), childFDs=child_fds
+        )
+        log.info("worker {index} started, pid {pid}", index=index, pid=process.pid)
 
     def worker_ended(self, index: int, reason: Failure) -> None:
         if self.stopping:
@@ -212,7 +214,7 @@ class WorkerPool(MultiService):
             await DeferredList(waits, consumeErrors=True)
             if timer.active():
                 timer.cancel()
-            await super().stopService()
+            await super().stopService()  # type: ignore[no-untyped-call]
         except Exception:
             log.failure("error while stopping the workers")
         finally:

@@ -10,7 +10,8 @@ def application(environ, start_response):
         return []
     if path == "/headers":  # the seed's "smart headers" example
         uwsgi.add_var("X-SSE-OFFLOAD", "clock")
-        start_response("200 OK", [("Content-Type", "event/stream"), ("Cache-Control", "no-cache"), ("Foo", "Bar")])
+        headers = [("Content-Type", "event/stream"), ("Cache-Control", "no-cache"), ("Foo", "Bar")]
+        start_response("200 OK", headers)
         return []
     if path == "/collected":  # collect-header + pull-header
         start_response("200 OK", [("Content-Type", "event/stream"), ("X-SSE-Channel", "foobar")])
