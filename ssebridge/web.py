@@ -85,16 +85,22 @@ class _Text(Resource):
 
     isLeaf = True
 
-    def __init__(self, code: int, text: str, headers: dict[bytes, bytes] | None = None) -> None:
+    def __init__(
+        self, code: int, text: str, headers: dict[bytes, bytes] | None = None, close: bool = False
+    ) -> None:
         super().__init__()  # type: ignore[no-untyped-call]
         self.code = code
         self.text = text
         self.headers = headers or {}
+        self.close = close
 
     def render(self, request: Request) -> bytes:
         request.setResponseCode(self.code)
         for name, value in self.headers.items():
             request.setHeader(name, value)
+        if self.close and request.channel is not None:
+            request.setHeader(b"Connection", b"close")
+            request.channel.persistent = False
         request.setHeader(b"Content-Type", b"text/plain; charset=utf-8")
         request.setHeader(b"Cache-Control", b"no-cache")
         return self.text.encode("utf-8") + b"\n"
@@ -256,7 +262,10 @@ class Bridge:
             self.hub.stats.streams_refused += 1
             why = "shutting down" if self.stopping else "too many streams"
             log.warn("refused a stream: {why} ({count} open)", why=why, count=len(self.streams))
-            return _Text(503, f"Service unavailable: {why}", {b"Retry-After": b"%d" % self.retry_after})
+            # The connection closes after the 503: a refused client must not keep a descriptor either.
+            return _Text(
+                503, f"Service unavailable: {why}", {b"Retry-After": b"%d" % self.retry_after}, close=True
+            )
         return None
 
     def start_stream(self, request: Request, resolved: Resolved, status: int = 200) -> Stream:
