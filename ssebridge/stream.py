@@ -201,10 +201,39 @@ class Stream:
         if transport is None:
             return
         self.bytes += len(data)
-        if self._chunked:
+        taken_over = self._request is None
+        if taken_over and not transport._tempDataLen and transport.offset == len(transport.dataBuffer):
+            # Taken over, and nothing is queued: send now. Twisted would queue the bytes, register the
+            # socket for writing, send on the next epoll turn and unregister it: two epoll_ctl calls and
+            # a turn of latency per delivery, where the kernel's buffer almost always has room.
+            self._send_now(transport, data)
+        elif self._chunked:
             transport.writeSequence((b"%x\r\n" % len(data), data, b"\r\n"))
         else:
             transport.write(data)
+
+    def _send_now(self, transport: Any, data: bytes) -> None:
+        if transport.disconnecting or not transport.connected:
+            return
+        try:
+            if self._chunked:
+                parts = (b"%x\r\n" % len(data), data, b"\r\n")
+                sent = transport.socket.sendmsg(parts)
+                if sent == len(parts[0]) + len(data) + 2:
+                    return
+                rest = b"".join(parts)[sent:]
+            else:
+                sent = transport.socket.send(data)
+                if sent == len(data):
+                    return
+                rest = data[sent:]
+        except BlockingIOError:
+            rest = b"".join(parts) if self._chunked else data
+        except OSError:
+            # The peer is gone; the reactor reports it (connectionLost) on its next turn.
+            return
+        # The kernel took part of it: Twisted queues the rest and pauses us if it piles up.
+        transport.write(rest)
 
     # IPushProducer: Twisted asks us to pause once its own buffer for this client is full.
 
