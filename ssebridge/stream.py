@@ -34,6 +34,20 @@ DEFAULT_MAX_BUFFER = 1024 * 1024
 #: The close reason of a client cut off for not reading fast enough.
 SLOW_CLIENT = "slow client"
 
+_last_data = b""
+_last_chunk = b"0\r\n\r\n"
+
+
+def _chunk(data: bytes) -> bytes:
+    """``data`` as one HTTP/1.1 chunk. Every client of a channel gets the same ``data`` object in a
+    row, so the last one framed is kept: one copy per delivery batch, not one per client."""
+    global _last_data, _last_chunk
+    if data is not _last_data:
+        _last_chunk = b"%x\r\n%s\r\n" % (len(data), data)
+        _last_data = data
+    return _last_chunk
+
+
 STREAM_HEADERS = (
     (b"Content-Type", b"text/event-stream"),
     (b"Cache-Control", b"no-cache"),
@@ -72,6 +86,7 @@ class Stream:
         "_started",
         "_on_close",
         "_status",
+        "_sock_send",
         "_peer",
         "opened_at",
         "frames",
@@ -104,6 +119,8 @@ class Stream:
         self._started = False
         self._on_close = on_close
         self._status = status
+        #: ``socket.send`` of a taken-over connection while it may be written to directly, else None.
+        self._sock_send: Callable[[bytes], int] | None = None
         client = request.getClientAddress()
         self._peer: str = getattr(client, "host", None) or str(client)
         self.opened_at = time.monotonic()
@@ -172,6 +189,8 @@ class Stream:
         transport.resumeProducing()
         channel.transport = None
         self._request = None
+        if not self._paused:
+            self._sock_send = transport.socket.send
 
     # IProtocol, after a take-over: the client is not expected to send anything more.
 
@@ -185,6 +204,27 @@ class Stream:
         pass
 
     def send(self, data: bytes, count: int = 1) -> None:
+        sock_send = self._sock_send
+        if sock_send is not None:
+            # The hot path: taken over, not paused, not closed. When nothing is queued, send now:
+            # Twisted would queue the bytes, register the socket for writing, send on the next epoll
+            # turn and unregister it (two epoll_ctl calls and a turn of latency per delivery), while
+            # the kernel's buffer almost always has room.
+            transport = self._transport
+            if not transport._tempDataLen and transport.offset == len(transport.dataBuffer):
+                payload = _chunk(data) if self._chunked else data
+                self.frames += count
+                self.bytes += len(data)
+                try:
+                    sent = sock_send(payload)
+                except BlockingIOError:
+                    sent = 0
+                except OSError:
+                    return  # the peer is gone; the reactor reports it (connectionLost) next turn
+                if sent != len(payload):
+                    # The kernel took part of it: Twisted queues the rest, and pauses us if it piles up.
+                    transport.write(payload[sent:])
+                return
         if self._closed:
             return
         if self._paused:
@@ -201,50 +241,21 @@ class Stream:
         if transport is None:
             return
         self.bytes += len(data)
-        taken_over = self._request is None
-        if taken_over and not transport._tempDataLen and transport.offset == len(transport.dataBuffer):
-            # Taken over, and nothing is queued: send now. Twisted would queue the bytes, register the
-            # socket for writing, send on the next epoll turn and unregister it: two epoll_ctl calls and
-            # a turn of latency per delivery, where the kernel's buffer almost always has room.
-            self._send_now(transport, data)
-        elif self._chunked:
-            transport.writeSequence((b"%x\r\n" % len(data), data, b"\r\n"))
-        else:
-            transport.write(data)
-
-    def _send_now(self, transport: Any, data: bytes) -> None:
-        if transport.disconnecting or not transport.connected:
-            return
-        try:
-            if self._chunked:
-                parts = (b"%x\r\n" % len(data), data, b"\r\n")
-                sent = transport.socket.sendmsg(parts)
-                if sent == len(parts[0]) + len(data) + 2:
-                    return
-                rest = b"".join(parts)[sent:]
-            else:
-                sent = transport.socket.send(data)
-                if sent == len(data):
-                    return
-                rest = data[sent:]
-        except BlockingIOError:
-            rest = b"".join(parts) if self._chunked else data
-        except OSError:
-            # The peer is gone; the reactor reports it (connectionLost) on its next turn.
-            return
-        # The kernel took part of it: Twisted queues the rest and pauses us if it piles up.
-        transport.write(rest)
+        transport.write(_chunk(data) if self._chunked else data)
 
     # IPushProducer: Twisted asks us to pause once its own buffer for this client is full.
 
     def pauseProducing(self) -> None:
         self._paused = True
+        self._sock_send = None
 
     def resumeProducing(self) -> None:
         self._paused = False
         if self._pending:
             pending, self._pending, self._pending_bytes = self._pending, [], 0
             self._write(b"".join(pending))
+        if self._request is None and not self._closed and self._transport is not None:
+            self._sock_send = self._transport.socket.send
 
     def stopProducing(self) -> None:
         self.close("connection closed")
@@ -254,6 +265,7 @@ class Stream:
         if self._closed:
             return
         self._closed = True
+        self._sock_send = None
         self._pending = []
         self._hub.detach(self._server, self._channel, self)
         stats = self._hub.stats
