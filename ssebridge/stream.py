@@ -166,6 +166,12 @@ class Stream:
         headers.removeHeader(b"Content-Length")
         headers.removeHeader(b"Content-Encoding")
         request.write(preamble)
+        log.info(
+            "stream opened: channel={channel} client={client} mode={mode}",
+            channel=self._channel.decode("utf-8", "replace"),
+            client=self._peer,
+            mode=self.mode,
+        )
         self._chunked = bool(request.chunked)
         channel = request.channel
         transport = channel.transport if channel is not None else None
