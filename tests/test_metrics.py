@@ -99,7 +99,8 @@ async def test_metrics_path_on_the_main_listener(tmp_path: Path, redis: RedisPro
     port = free_port()
     config = tmp_path / "p.ini"
     config.write_text(
-        f"[uwsgi]\nhttp-socket = 127.0.0.1:{port}\nredis = 127.0.0.1:{redis.port}\nmetrics-path = /ops/metrics\n"
+        f"[uwsgi]\nhttp-socket = 127.0.0.1:{port}\nredis = 127.0.0.1:{redis.port}\n"
+        "metrics-path = /ops/metrics\n"
     )
     service = BridgeService(load_config(config))
     await service.startService()
