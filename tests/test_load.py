@@ -14,9 +14,9 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest_twisted
+from helpers import sleep, until
 from twisted.internet import reactor
 
-from helpers import sleep, until
 from ssebridge.config import load_config
 from ssebridge.service import BridgeService
 from ssebridge.testing import RedisProcess, SSEClient, connect_sse, free_port
