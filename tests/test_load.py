@@ -67,9 +67,12 @@ async def test_a_thousand_clients_churning_leak_nothing(service: BridgeService, 
         for n in range(channels):
             redis.publish(f"load-{n}", tag)
         for c in clients:
-            await until(lambda c=c: any(e.data == tag for e in c.events), what="every client got the tag")
+            await until(
+                lambda c=c, tag=tag: any(e.data == tag for e in c.events), what="every client got the tag"
+            )
         # A heartbeat reached them too.
-        await until(lambda: all(c.parser.comments for c in clients[:10]), what="heartbeats")
+        first = clients[:10]
+        await until(lambda: all(c.parser.comments for c in first), what="heartbeats")
         for c in clients:
             c.transport.loseConnection()  # type: ignore[union-attr]
         await until(lambda: service.hub.channel_count() == 0, timeout=20, what="all channels released")
