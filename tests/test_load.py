@@ -72,7 +72,7 @@ async def test_a_thousand_clients_churning_leak_nothing(service: BridgeService, 
             )
         # A heartbeat reached them too.
         first = clients[:10]
-        await until(lambda: all(c.parser.comments for c in first), what="heartbeats")
+        await until(lambda first=first: all(c.parser.comments for c in first), what="heartbeats")
         for c in clients:
             c.transport.loseConnection()  # type: ignore[union-attr]
         await until(lambda: service.hub.channel_count() == 0, timeout=20, what="all channels released")
