@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
 from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 from twisted.internet import reactor
 from twisted.internet.task import deferLater
@@ -20,3 +28,44 @@ async def until(predicate: Callable[[], object], timeout: float = 10.0, what: st
             raise AssertionError(f"{what} not reached within {timeout}s")
         await sleep(0.02)
         waited += 0.02
+
+
+# --- the bridge as a subprocess -------------------------------------------------------------------
+
+REPO = Path(__file__).resolve().parent.parent
+#: ``twistd`` run by this interpreter (``python -m twisted`` is the other runner, ``twist``).
+TWISTD = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()"]
+
+
+def twistd(*args: str, cwd: Path | None = None, **popen: Any) -> subprocess.Popen[bytes]:
+    """Start ``twistd ARGS`` with this checkout importable (its plugin and package)."""
+    popen.setdefault("stdout", subprocess.PIPE)
+    popen.setdefault("stderr", subprocess.PIPE)
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    return subprocess.Popen([*TWISTD, *args], cwd=cwd, env=env, **popen)
+
+
+def wait_port(port: int, timeout: float = 15.0, proc: subprocess.Popen[bytes] | None = None) -> None:
+    """Block until something accepts on 127.0.0.1:``port``; fail if ``proc`` exits first."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            return
+        except OSError:
+            if proc is not None and proc.poll() is not None:
+                raise AssertionError(f"the process exited ({proc.returncode}) before listening") from None
+            if time.monotonic() > deadline:
+                raise AssertionError(f"nothing listens on {port}") from None
+            time.sleep(0.05)
+
+
+def stop_process(proc: subprocess.Popen[bytes], timeout: float = 20.0) -> None:
+    """SIGTERM, then SIGKILL if it does not exit in time."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)

@@ -3,17 +3,15 @@
 from __future__ import annotations
 
 import os
-import signal
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 
 import pytest
 import pytest_twisted
 import treq
+from helpers import stop_process, wait_port
 from twisted.internet import reactor
 from twisted.web.client import HTTPConnectionPool
 
@@ -32,9 +30,7 @@ async def bridge(tmp_path: Path, redis: RedisProcess) -> AsyncIterator[StartBrid
 
     async def start(text: str, directory: Path = tmp_path) -> BridgeService:
         path = directory / f"bridge-{len(services)}.ini"
-        path.write_text(
-            text.format(port=free_port(), redis=f"127.0.0.1:{redis.port}", apps=HERE / "apps")
-        )
+        path.write_text(text.format(port=free_port(), redis=f"127.0.0.1:{redis.port}", apps=HERE / "apps"))
         service = BridgeService(load_config(path))
         await service.startService()
         services.append(service)
@@ -152,23 +148,13 @@ def flask_app() -> Iterator[str]:
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    deadline = time.monotonic() + 15
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-            break
-        except OSError:
-            if time.monotonic() > deadline or proc.poll() is not None:
-                proc.kill()
-                raise RuntimeError("the Flask example did not start") from None
-            time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}"
-    proc.send_signal(signal.SIGTERM)
     try:
-        proc.wait(10)
-    except subprocess.TimeoutExpired:
+        wait_port(port, proc=proc)
+    except AssertionError:
         proc.kill()
-        proc.wait(5)
+        raise
+    yield f"http://127.0.0.1:{port}"
+    stop_process(proc)
 
 
 @pytest_twisted.ensureDeferred

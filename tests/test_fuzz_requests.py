@@ -10,18 +10,14 @@ import os
 import signal
 import socket
 import subprocess
-import sys
-import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
+from helpers import twistd, wait_port
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ssebridge.testing import RedisProcess, free_port
-
-REPO = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="module")
@@ -37,37 +33,19 @@ def bridge_port(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
         "route = ^/events/(.*)$ sse:$1\nroute = ^/q sse:${qs[c]}\nroute = ^/h sse:${HTTP_X_CHANNEL}\n"
         "static-map = /static=static\nheader-timeout = 2\nconfirm-timeout = 0.5\n"
     )
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-c",
-            "from twisted.scripts.twistd import run; run()",
-            "-n",
-            "--pidfile=",
-            "ssebridge",
-            "--config",
-            str(config),
-        ],
-        env=dict(os.environ, PYTHONPATH=str(REPO)),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-    )
-    deadline = time.monotonic() + 15
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-            break
-        except OSError:
-            if time.monotonic() > deadline:
-                proc.kill()
-                raise
-            time.sleep(0.05)
+    proc = twistd("-n", "--pidfile=", "ssebridge", "--config", str(config), stderr=subprocess.STDOUT)
+    try:
+        wait_port(port, proc=proc)
+    except AssertionError:
+        proc.kill()
+        raise
     yield port
     proc.send_signal(signal.SIGTERM)
     out, _ = proc.communicate(timeout=30)
     redis.cleanup()
     # Errors a request provoked would be logged as "Unhandled Error" with a traceback.
-    assert b"Traceback" not in out, out.decode(errors="replace")[-3000:]
+    where = out.find(b"Traceback")
+    assert where < 0, out[max(0, where - 1500) : where + 3000].decode(errors="replace")
 
 
 def exchange(port: int, data: bytes) -> bytes:
@@ -100,7 +78,7 @@ methods = st.sampled_from([b"GET", b"POST", b"HEAD", b"PUT", b"OPTIONS", b"BREW"
 header_value = st.binary(max_size=40).map(lambda b: b.replace(b"\r", b"").replace(b"\n", b""))
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=int(os.environ.get("FUZZ_EXAMPLES", "150")), deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(
     method=methods,
     path=st.one_of(path_bytes, encoded),

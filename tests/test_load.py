@@ -5,16 +5,14 @@ from __future__ import annotations
 import gc
 import os
 import resource
-import signal
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest_twisted
-from helpers import sleep, until
+from helpers import sleep, stop_process, twistd, until, wait_port
 from twisted.internet import reactor
 
 from ssebridge.config import load_config
@@ -22,7 +20,6 @@ from ssebridge.service import BridgeService
 from ssebridge.testing import RedisProcess, SSEClient, connect_sse, free_port
 
 ROUNDS = 4
-REPO = Path(__file__).resolve().parent.parent
 
 
 def rss_kib() -> int:
@@ -103,32 +100,19 @@ def test_fd_limit_is_met_with_503_and_the_process_keeps_serving(tmp_path: Path, 
     def limit_fds() -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (limit, limit))
 
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-c",
-            "from twisted.scripts.twistd import run; run()",
-            "-n",
-            "--pidfile=",
-            "ssebridge",
-            "--config",
-            str(config),
-        ],
-        env=dict(os.environ, PYTHONPATH=str(REPO)),
+    proc = twistd(
+        "-n",
+        "--pidfile=",
+        "ssebridge",
+        "--config",
+        str(config),
         preexec_fn=limit_fds,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
     socks: list[socket.socket] = []
     try:
-        deadline = time.monotonic() + 15
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-                break
-            except OSError:
-                assert time.monotonic() < deadline, "the bridge did not start"
-                time.sleep(0.05)
+        wait_port(port, proc=proc)
         statuses: list[int] = []
         for _ in range(limit):
             s = socket.create_connection(("127.0.0.1", port), timeout=5)
@@ -158,9 +142,4 @@ def test_fd_limit_is_met_with_503_and_the_process_keeps_serving(tmp_path: Path, 
     finally:
         for s in socks:
             s.close()
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
+        stop_process(proc)

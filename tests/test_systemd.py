@@ -8,17 +8,14 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
+from helpers import REPO, TWISTD
 
 from ssebridge.sdnotify import notify
 from ssebridge.testing import RedisProcess, free_port
-
-REPO = Path(__file__).resolve().parent.parent
-TWISTD = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()"]
 
 
 def env() -> dict[str, str]:
