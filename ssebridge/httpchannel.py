@@ -82,6 +82,13 @@ class BridgeRequest(Request):
     _body_received = 0
     _refused = False
 
+    def __repr__(self) -> str:
+        # twisted.web's repr decodes the URI as ASCII and raises on any other byte, which turns a
+        # log line about a hostile request into a logged traceback.
+        uri = self.uri.decode("ascii", "backslashreplace")
+        method = self.method.decode("ascii", "backslashreplace")
+        return f"<{type(self).__name__} at 0x{id(self):x} method={method} uri={uri}>"
+
     def gotLength(self, length: int | None) -> None:
         if length is not None and length > self.max_body:
             self._refuse_body()

@@ -103,7 +103,12 @@ class _Text(Resource):
             request.channel.persistent = False
         request.setHeader(b"Content-Type", b"text/plain; charset=utf-8")
         request.setHeader(b"Cache-Control", b"no-cache")
-        return self.text.encode("utf-8") + b"\n"
+        body = self.text.encode("utf-8") + b"\n"
+        if request.method == b"HEAD":
+            # twisted.web would log a warning for a HEAD body; answer with its length alone.
+            request.setHeader(b"Content-Length", b"%d" % len(body))
+            return b""
+        return body
 
 
 class _StreamStart(Resource):

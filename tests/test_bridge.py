@@ -14,6 +14,7 @@ import treq
 from helpers import until
 from twisted.internet import reactor
 from twisted.internet.threads import deferToThread
+from twisted.logger import formatEvent, globalLogPublisher
 from twisted.web.client import HTTPConnectionPool
 
 from ssebridge.config import MuleSpec, default_config, load_config
@@ -144,6 +145,36 @@ async def test_invalid_utf8_path_and_malformed_request(run_bridge: RunBridge) ->
 
     # A blocking socket in a thread: the reactor must keep running to answer it.
     assert (await deferToThread(not_http)).startswith(b"HTTP/1.1 400")
+
+
+@pytest_twisted.ensureDeferred
+async def test_head_of_a_hostile_path_is_answered_and_logged_cleanly(run_bridge: RunBridge) -> None:
+    service = await run_bridge(
+        "[uwsgi]\nhttp-socket = 127.0.0.1:{port}\nredis = {redis}\nroute = ^/ch/(.*)$ sse:$1\n"
+    )
+    port = port_of(service)
+    events: list[dict[str, object]] = []
+    observer = events.append
+    globalLogPublisher.addObserver(observer)  # type: ignore[arg-type]
+
+    def head() -> bytes:
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+            s.sendall(b"HEAD /\x86/.. HTTP/1.0\r\n\r\n")
+            reply = b""
+            while chunk := s.recv(4096):
+                reply += chunk
+            return reply
+
+    try:
+        reply = await deferToThread(head)
+    finally:
+        globalLogPublisher.removeObserver(observer)  # type: ignore[arg-type]
+    head_part, _, body = reply.partition(b"\r\n\r\n")
+    assert head_part.startswith(b"HTTP/1.0 400")
+    assert b"Content-Length: " in head_part and body == b""
+    # Every event must format: twisted.web's own repr of such a request raised inside the logger.
+    texts = [formatEvent(event) for event in events]
+    assert not [t for t in texts if "Unable to format" in t or "MESSAGE LOST" in t or "eat it" in t]
 
 
 @pytest_twisted.ensureDeferred
