@@ -6,16 +6,20 @@ can run one too (``BridgeService(load_config(path)).setServiceParent(application
 
 from __future__ import annotations
 
+import atexit
 import os
 import resource
+import sys
 from collections.abc import Sequence
 from typing import Any
 
 from twisted.application.service import MultiService
 from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
 from twisted.internet.endpoints import serverFromString
+from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IListeningPort
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from ssebridge.config import Config
 from ssebridge.httpchannel import BridgeSite
@@ -24,7 +28,7 @@ from ssebridge.sdnotify import notify
 from ssebridge.transport import redis_transport_factory
 from ssebridge.upstreams import build_upstream
 from ssebridge.web import Bridge
-from ssebridge.workers import adopt_listeners
+from ssebridge.workers import adopt_listeners, per_worker_endpoint
 
 log = Logger()
 
@@ -32,6 +36,21 @@ log = Logger()
 DEFAULT_BACKLOG = 4096
 #: File descriptors kept back from the stream limit for Redis, listeners, static files and upstreams.
 FD_HEADROOM = 64
+
+
+def exit_with(status: int) -> None:
+    """Make the interpreter exit with ``status`` once the reactor has stopped and twistd cleaned up.
+
+    twistd always exits 0 after its reactor stops; a service that could not start must say otherwise
+    (``Restart=on-failure``, scripts). Registered late, this runs first at exit.
+    """
+
+    def leave() -> None:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(status)
+
+    atexit.register(leave)
 
 
 def with_backlog(description: str) -> str:
@@ -115,6 +134,8 @@ class BridgeService(MultiService):
         #: Address families of listening sockets inherited at fds 3, 4... (a worker of a pool).
         self.inherited = tuple(inherited)
         self.worker_index: int | None = None
+        #: Set when starting failed (the process then exits with status 1).
+        self.start_failed = False
         if run_mules:
             from ssebridge.mule import MuleService
 
@@ -129,7 +150,20 @@ class BridgeService(MultiService):
         return len(self.bridge.streams)
 
     def startService(self) -> Deferred[None]:
-        return Deferred.fromCoroutine(self._start())
+        started = Deferred.fromCoroutine(self._start())
+        started.addErrback(self._start_failed)
+        return started
+
+    def _start_failed(self, failure: Failure) -> None:
+        # twistd ignores a Deferred from startService: without this a port in use or a missing
+        # systemd socket would leave a process that never listens and says nothing.
+        self.start_failed = True
+        log.critical("could not start: {error}", error=failure.getErrorMessage() or repr(failure.value))
+        if not isinstance(failure.value, (CannotListenError, OSError, ValueError, KeyError, IndexError)):
+            log.failure("start failed", failure)
+        exit_with(1)
+        # twistd starts services before its reactor runs.
+        self.reactor.callWhenRunning(self.reactor.stop)
 
     async def _start(self) -> None:
         for warning in self.config.warnings:
@@ -151,7 +185,10 @@ class BridgeService(MultiService):
                 endpoint = serverFromString(self.reactor, with_backlog(description))
                 self.ports.append(await endpoint.listen(self.site))
         if self.metrics_site is not None:
-            endpoint = serverFromString(self.reactor, self.config.metrics_listen)
+            description = self.config.metrics_listen
+            if self.worker_index is not None:
+                description = per_worker_endpoint(description, self.worker_index)
+            endpoint = serverFromString(self.reactor, description)
             self.ports.append(await endpoint.listen(self.metrics_site))
         for port in self.ports:
             log.info("listening on {address}", address=str(port.getHost()))

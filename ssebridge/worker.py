@@ -5,9 +5,10 @@ from __future__ import annotations
 import argparse
 import sys
 
-from twisted.logger import Logger, globalLogBeginner, textFileLogObserver
+from twisted.logger import Logger, globalLogBeginner
 
 from ssebridge.config import ConfigError, default_config, load_config
+from ssebridge.logs import inherited_observer
 
 log = Logger()
 
@@ -29,13 +30,13 @@ def main(argv: list[str] | None = None) -> int:
 
     from ssebridge.service import BridgeService
 
-    globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stdout)], redirectStandardIO=False)
+    globalLogBeginner.beginLoggingTo([inherited_observer()], redirectStandardIO=False)
     service = BridgeService(config, reactor=reactor, inherited=families, run_mules=False)
     service.worker_index = args.index
     reactor.callWhenRunning(service.startService)
     reactor.addSystemEventTrigger("before", "shutdown", service.stopService)
     reactor.run()
-    return 0
+    return 1 if service.start_failed else 0
 
 
 if __name__ == "__main__":

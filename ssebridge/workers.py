@@ -77,10 +77,35 @@ def parse_listen(description: str) -> ListenSpec:
     raise ValueError(f"{description}: workers cannot share a '{kind}' listener")
 
 
+def per_worker_endpoint(description: str, index: int) -> str:
+    """The endpoint worker ``index`` serves its own metrics on: the port plus ``index`` (a unix path
+    gets ``.index``).
+
+    Metrics and health describe one process; workers sharing one port would answer a scrape at
+    random, so each worker is its own scrape target.
+    """
+    kind, _, rest = description.partition(":")
+    args = re.split(r"(?<!\\):", rest) if rest else []
+    for i, arg in enumerate(args):
+        if "=" in arg:
+            continue
+        if kind in ("tcp", "tcp6", "ssl") and arg.isdigit():
+            args[i] = str(int(arg) + index)
+            return ":".join([kind, *args])
+        if kind == "unix":
+            args[i] = f"{arg}.{index}"
+            return ":".join([kind, *args])
+    raise ValueError(f"{description}: workers need a tcp port or a unix path for their metrics")
+
+
 def open_listener(spec: ListenSpec) -> socket.socket:
     """Open (bind and listen) one socket for ``spec``; ``SO_REUSEPORT`` on TCP."""
     if spec.inherited_fd is not None:
-        return socket.socket(fileno=spec.inherited_fd)
+        inherited = socket.socket(fileno=spec.inherited_fd)
+        # systemd passes a blocking socket unless the unit says NonBlocking=yes; workers woken for a
+        # connection another worker took would then hang in accept().
+        inherited.setblocking(False)
+        return inherited
     sock = socket.socket(spec.family, socket.SOCK_STREAM)
     if spec.family != socket.AF_UNIX:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

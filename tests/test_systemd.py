@@ -46,11 +46,16 @@ def test_notify_sends_to_the_socket_and_does_nothing_without_one(tmp_path: Path)
 
 
 @pytest.mark.skipif(shutil.which("systemd-socket-activate") is None, reason="systemd not installed")
-def test_socket_activation_and_ready_stopping_notices(tmp_path: Path, redis: RedisProcess) -> None:
+@pytest.mark.parametrize("workers", [1, 2])
+def test_socket_activation_and_ready_stopping_notices(
+    tmp_path: Path, redis: RedisProcess, workers: int
+) -> None:
     port = free_port()
+    metrics_port = free_port()
     config = tmp_path / "sd.toml"
     config.write_text(
         f'listen = "systemd:domain=INET:index=0"\nredis = "127.0.0.1:{redis.port}"\nshutdown_window = 0.2\n'
+        f'workers = {workers}\nmetrics_listen = "tcp:{metrics_port}:interface=127.0.0.1"\n'
         '[[route]]\nmatch = "^/s$"\naction = "sse:s"\n'
     )
     notify_path = str(tmp_path / "notify")
@@ -84,6 +89,12 @@ def test_socket_activation_and_ready_stopping_notices(tmp_path: Path, redis: Red
         reply = get(port, "/s")
         assert reply.startswith(b"HTTP/1.0 200") and b"text/event-stream" in reply
         assert b"READY=1" in listener.recv(1000)
+        # systemd hands over a blocking socket: workers that share it must still all answer.
+        for _ in range(12):
+            assert get(port, "/s").startswith(b"HTTP/1.0 200")
+        # Each worker is its own metrics target: the configured port plus its index.
+        for index in range(workers):
+            assert b"ssebridge_streams_open" in get(metrics_port + index, "/metrics")
         proc.send_signal(signal.SIGTERM)
         assert b"STOPPING=1" in listener.recv(1000)
         out, _ = proc.communicate(timeout=20)
@@ -93,7 +104,8 @@ def test_socket_activation_and_ready_stopping_notices(tmp_path: Path, redis: Red
             proc.wait(5)
         listener.close()
     # --logger gave one JSON object a line, with structured fields.
-    events = [json.loads(line) for line in out.decode().splitlines() if line.startswith("{")]
+    # Workers log as their parent does: every line is JSON.
+    events = [json.loads(line) for line in out.decode().splitlines() if line.strip()]
     assert any(
         e.get("log_format", "").startswith("stream closed") and e.get("channel") == "s" for e in events
     )

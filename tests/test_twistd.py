@@ -141,6 +141,27 @@ def test_bad_config_exits_nonzero_with_one_line(tmp_path: Path, line: str, probl
     assert b"Traceback" not in out + err
 
 
+@pytest.mark.parametrize(
+    "listen",
+    ["tcp:{busy}:interface=127.0.0.1", "systemd:domain=INET:index=0"],
+    ids=["port in use", "no systemd socket"],
+)
+def test_a_listener_that_cannot_open_exits_nonzero_saying_why(
+    tmp_path: Path, redis: RedisProcess, listen: str
+) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        description = listen.format(busy=busy.getsockname()[1])
+        (tmp_path / "c.toml").write_text(f'listen = "{description}"\nredis = "127.0.0.1:{redis.port}"\n')
+        proc = twistd("-n", "--pidfile=", "ssebridge", "--config", "c.toml", cwd=tmp_path)
+        out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 1
+    text = (out + err).decode()
+    assert "could not start: " in text
+    assert "Traceback" not in text
+
+
 def children(pid: int) -> set[int]:
     try:
         text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
