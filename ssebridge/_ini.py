@@ -8,7 +8,7 @@ makes ``route`` rules an ordered list. ``_`` and ``-`` in key names are the same
 The uWSGI magic variables ``%d`` (the config file's directory, with a trailing ``/``), ``%p`` (the
 file's absolute path), ``%n`` (its name without extension) and ``%%`` are expanded in values.
 
-A key this bridge does not implement (``master``, ``wsgi-file``, ``collect-header``...) is not an
+A key this bridge does not implement (``master``, ``processes``, ``socket``...) is not an
 error, since the seed's files are full of them, but it is never dropped silently: each one becomes a
 warning with its file and line.
 """

@@ -84,8 +84,9 @@ Mode = Literal["pending", "send", "discard", "abandon"]
 def offload(channel: str) -> None:
     """Ask for this request to become a stream on ``channel`` (sets ``X-SSE-OFFLOAD``).
 
-    It only takes effect with the seed's rule ``final-route-if-not = empty:${X-SSE-OFFLOAD}
-    sse:${X-SSE-OFFLOAD}`` configured; without rules, return the ``offload_header(channel)`` header.
+    Works with no rule configured (the bridge reads the variable after the app answers), as well as
+    with the seed's ``final-route-if-not = empty:${X-SSE-OFFLOAD} sse:${X-SSE-OFFLOAD}``. Over a
+    remote ``proxy`` there is no such variable: return ``offload_header(channel)`` instead.
     """
     uwsgi_compat.add_var(OFFLOAD_VARIABLE, channel)
 
