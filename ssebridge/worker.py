@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import ctypes
+import os
+import signal
 import sys
 
 from twisted.logger import Logger, globalLogBeginner
@@ -12,12 +15,28 @@ from ssebridge.logs import inherited_observer
 
 log = Logger()
 
+#: prctl(2) option: the signal a process gets when its parent dies.
+PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent(parent: int) -> None:
+    """Get SIGTERM when the pool's parent dies, even by SIGKILL: no orphan keeps serving the port."""
+    if sys.platform.startswith("linux"):
+        try:
+            ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+        except (OSError, AttributeError):
+            return
+        # The parent may have died before prctl took effect.
+        if os.getppid() != parent:
+            os.kill(os.getpid(), signal.SIGTERM)
+
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="ssebridge.worker")
     parser.add_argument("--config")
     parser.add_argument("--index", type=int, default=0)
     parser.add_argument("--families", default="")
+    parser.add_argument("--parent", type=int, default=0)
     args = parser.parse_args(argv)
     try:
         config = load_config(args.config) if args.config else default_config()
@@ -25,6 +44,8 @@ def main(argv: list[str] | None = None) -> int:
         sys.stderr.write(f"ssebridge worker: {e}\n")
         return 2
     families = [int(f) for f in args.families.split(",") if f]
+    if args.parent:
+        die_with_parent(args.parent)
 
     from twisted.internet import reactor
 

@@ -192,6 +192,8 @@ class WorkerPool(MultiService):
             str(index),
             "--families",
             ",".join(families),
+            "--parent",
+            str(os.getpid()),
         ]
         if self.config_path:
             argv += ["--config", str(Path(self.config_path).resolve())]

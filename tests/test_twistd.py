@@ -213,6 +213,32 @@ def test_workers_share_the_port_replace_a_dead_one_and_stop_together(
         assert not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text().split()[2]
 
 
+def test_workers_do_not_outlive_a_killed_parent(tmp_path: Path, redis: RedisProcess) -> None:
+    port = free_port()
+    (tmp_path / "w.toml").write_text(
+        f'listen = "tcp:{port}:interface=127.0.0.1"\nredis = "127.0.0.1:{redis.port}"\nworkers = 2\n'
+    )
+    proc = twistd("-n", "--pidfile=", "ssebridge", "--config", "w.toml", cwd=tmp_path)
+    try:
+        wait_port(port, proc=proc)
+        deadline = time.monotonic() + 15
+        while len(children(proc.pid)) < 2 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        workers = children(proc.pid)
+        assert len(workers) == 2
+    finally:
+        proc.kill()  # SIGKILL: the parent cannot pass anything on
+        proc.communicate(timeout=10)
+    deadline = time.monotonic() + 15
+    alive = set(workers)
+    while alive and time.monotonic() < deadline:
+        time.sleep(0.1)
+        alive = {pid for pid in alive if Path(f"/proc/{pid}").exists()}
+    for pid in alive:
+        os.kill(pid, signal.SIGKILL)
+    assert not alive, "workers kept running after their parent was killed"
+
+
 def test_check_validates_without_binding(tmp_path: Path) -> None:
     port = free_port()
     good = tmp_path / "good.ini"
