@@ -155,7 +155,12 @@ def test_a_listener_that_cannot_open_exits_nonzero_saying_why(
         description = listen.format(busy=busy.getsockname()[1])
         (tmp_path / "c.toml").write_text(f'listen = "{description}"\nredis = "127.0.0.1:{redis.port}"\n')
         proc = twistd("-n", "--pidfile=", "ssebridge", "--config", "c.toml", cwd=tmp_path)
-        out, err = proc.communicate(timeout=30)
+        try:
+            out, err = proc.communicate(timeout=30)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.communicate()
     assert proc.returncode == 1
     text = (out + err).decode()
     assert "could not start: " in text
