@@ -12,7 +12,7 @@ Not ``twisted.web.proxy``: it speaks HTTP/1.0 with ``Connection: close`` and buf
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import IO, Any, Protocol, cast
 from urllib.parse import urlsplit
 
@@ -40,7 +40,9 @@ from twisted.web.server import Request
 from zope.interface import implementer
 
 from ssebridge.upstream import (
+    DelayedCall,
     HeaderRules,
+    Timers,
     Upstream,
     UpstreamError,
     UpstreamReply,
@@ -66,18 +68,6 @@ DISCARD_LIMIT = 1024 * 1024
 DISCARD_TIME = 5.0
 
 
-class _DelayedCall(Protocol):
-    def active(self) -> bool: ...
-
-    def cancel(self) -> None: ...
-
-
-class _Reactor(Protocol):
-    """What a reactor does for this module (a typing Protocol: mypy cannot check zope interfaces)."""
-
-    def callLater(
-        self, delay: float, callable: Callable[..., Any], *args: Any, **kw: Any
-    ) -> _DelayedCall: ...
 
 
 class _Response(Protocol):
@@ -127,7 +117,7 @@ class _ProxyBody(TwistedProtocol):
         self._discarding = False
         self._client_gone = False
         self._dropped = 0
-        self._discard_timer: _DelayedCall | None = None
+        self._discard_timer: DelayedCall | None = None
         self._paused = False
 
     def _take(self) -> None:
@@ -274,7 +264,7 @@ class HTTPUpstream:
         self.base_url = base_url
         self._origin = f"{parts.scheme}://{parts.netloc}".encode("ascii")
         self._prefix = parts.path.rstrip("/").encode("ascii")
-        self.reactor: _Reactor = reactor
+        self.reactor: Timers = reactor
         self.timeout = timeout
         self.forwarded = forwarded
         self.rules = HeaderRules(collect_headers, pull_headers)

@@ -24,7 +24,7 @@ import dataclasses
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, get_args
 from urllib.parse import parse_qsl
 
 from ssebridge.redisaddr import RedisServer, parse_server
@@ -69,16 +69,7 @@ RuleKind = Literal[
 ]
 
 #: Every rule kind, in the order the documentation lists them.
-RULE_KINDS: tuple[RuleKind, ...] = (
-    "route",
-    "route-uri",
-    "route-qs",
-    "route-host",
-    "route-if",
-    "route-if-not",
-    "final-route-if",
-    "final-route-if-not",
-)
+RULE_KINDS: tuple[RuleKind, ...] = get_args(RuleKind)
 #: Kinds evaluated when a request arrives (``resolve_request``).
 REQUEST_KINDS: frozenset[str] = frozenset(RULE_KINDS[:6])
 #: Kinds evaluated on the upstream app's response (``resolve_response``).

@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import io
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import IO, Protocol
+from typing import IO, Any, Protocol
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.web.server import Request
@@ -33,6 +33,28 @@ __all__ = [
     "detach_body",
     "strip_hop_by_hop",
 ]
+
+
+class DelayedCall(Protocol):
+    """A pending ``callLater`` call, as the upstreams use it."""
+
+    def active(self) -> bool: ...
+
+    def cancel(self) -> None: ...
+
+
+class Timers(Protocol):
+    """What an upstream needs of a reactor (a typing Protocol: mypy cannot check zope interfaces)."""
+
+    def callLater(
+        self, delay: float, callable: Callable[..., Any], *args: Any, **kw: Any
+    ) -> DelayedCall: ...
+
+
+class ThreadedTimers(Timers, Protocol):
+    """``Timers``, and a way back into the reactor thread for an app run on a thread pool."""
+
+    def callFromThread(self, callable: Callable[..., Any], *args: Any, **kw: Any) -> None: ...
 
 
 class UpstreamError(Exception):

@@ -24,10 +24,10 @@ import importlib.util
 import re
 import sys
 import threading
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from types import ModuleType
-from typing import IO, Any, Literal, Protocol, cast
+from typing import IO, Any, Literal, cast
 from urllib.parse import unquote_to_bytes
 from wsgiref.types import StartResponse, WSGIApplication, WSGIEnvironment
 
@@ -41,7 +41,9 @@ from zope.interface import implementer
 
 from ssebridge import uwsgi_compat
 from ssebridge.upstream import (
+    DelayedCall,
     HeaderRules,
+    ThreadedTimers,
     Upstream,
     UpstreamError,
     UpstreamReply,
@@ -285,7 +287,7 @@ class _WSGICall:
         self.environ = build_environ(request, variables, forwarded=upstream.forwarded, body=self.body)
         self.path = self.environ["PATH_INFO"]
         self.reply: Deferred[UpstreamReply] = Deferred(self._cancel)
-        self._timer: _DelayedCall | None = self.reactor.callLater(upstream.timeout, self._timed_out)
+        self._timer: DelayedCall | None = self.reactor.callLater(upstream.timeout, self._timed_out)
         # Thread side.
         self._started = False
         self._decided = False
@@ -579,7 +581,7 @@ class WSGIUpstream:
             raise ValueError("timeout must be positive")
         uwsgi_compat.install()
         self.app = app
-        self.reactor: _Reactor = reactor
+        self.reactor: ThreadedTimers = reactor
         self.threadpool = threadpool
         self.rules = HeaderRules(collect_headers, pull_headers)
         self.timeout = timeout
@@ -635,20 +637,6 @@ class WSGIUpstream:
         return waiter
 
 
-class _DelayedCall(Protocol):
-    def active(self) -> bool: ...
-
-    def cancel(self) -> None: ...
-
-
-class _Reactor(Protocol):
-    """What a reactor does for this module (a typing Protocol: mypy cannot check zope interfaces)."""
-
-    def callLater(
-        self, delay: float, callable: Callable[..., Any], *args: Any, **kw: Any
-    ) -> _DelayedCall: ...
-
-    def callFromThread(self, callable: Callable[..., Any], *args: Any, **kw: Any) -> None: ...
 
 
 # --- loading -----------------------------------------------------------------------------------------
