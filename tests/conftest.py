@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 import pytest_twisted
 from twisted.internet import reactor
 
-from ssebridge.testing import RedisProcess
+from ssebridge.config import load_config
+from ssebridge.service import BridgeService
+from ssebridge.testing import RedisProcess, free_port
+
+HERE = Path(__file__).resolve().parent
+#: ``await run_bridge(ini_text, directory=tmp_path)``: a started in-process bridge.
+RunBridge = Callable[..., Awaitable[BridgeService]]
 
 
 @pytest.fixture
@@ -30,6 +37,37 @@ def shared_redis() -> Iterator[RedisProcess]:
         yield server
     finally:
         server.cleanup()
+
+
+@pytest_twisted.async_yield_fixture
+async def run_bridge(tmp_path: Path, redis: RedisProcess) -> AsyncIterator[RunBridge]:
+    """Start in-process bridges from ini text; stop them (and remove their configs) afterwards.
+
+    The text is a ``str.format`` template: ``{port}`` (a free port), ``{redis}`` (this test's Redis),
+    ``{sock}`` (its unix socket) and ``{apps}`` (``tests/apps``).
+    """
+    services: list[BridgeService] = []
+
+    async def start(text: str, directory: Path = tmp_path) -> BridgeService:
+        path = directory / f"bridge-{len(services)}.ini"
+        path.write_text(
+            text.format(
+                port=free_port(),
+                redis=f"127.0.0.1:{redis.port}",
+                sock=redis.unix_socket,
+                apps=HERE / "apps",
+            )
+        )
+        service = BridgeService(load_config(path))
+        await service.startService()
+        services.append(service)
+        return service
+
+    yield start
+    for service in services:
+        await service.stopService()
+    for path in tmp_path.glob("bridge-*.ini"):
+        path.unlink()
 
 
 @pytest.fixture(autouse=True)

@@ -69,3 +69,8 @@ def stop_process(proc: subprocess.Popen[bytes], timeout: float = 20.0) -> None:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(5)
+
+
+def port_of(service: Any) -> int:
+    """The TCP port a started ``BridgeService`` listens on first."""
+    return int(service.ports[0].getHost().port)

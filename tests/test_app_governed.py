@@ -5,46 +5,28 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import pytest_twisted
 import treq
-from helpers import stop_process, wait_port
+from conftest import RunBridge
+from helpers import port_of, stop_process, wait_port
 from twisted.internet import reactor
 from twisted.web.client import HTTPConnectionPool
 
 from ssebridge.config import load_config
-from ssebridge.service import BridgeService
 from ssebridge.testing import RedisProcess, connect_sse, free_port
 
 HERE = Path(__file__).resolve().parent
 EXAMPLES = HERE.parent / "examples"
-StartBridge = Callable[..., Awaitable[BridgeService]]
+StartBridge = RunBridge
 
 
-@pytest_twisted.async_yield_fixture
-async def bridge(tmp_path: Path, redis: RedisProcess) -> AsyncIterator[StartBridge]:
-    services: list[BridgeService] = []
-
-    async def start(text: str, directory: Path = tmp_path) -> BridgeService:
-        path = directory / f"bridge-{len(services)}.ini"
-        path.write_text(text.format(port=free_port(), redis=f"127.0.0.1:{redis.port}", apps=HERE / "apps"))
-        service = BridgeService(load_config(path))
-        await service.startService()
-        services.append(service)
-        return service
-
-    yield start
-    for service in services:
-        await service.stopService()
-    for path in tmp_path.glob("bridge-*.ini"):
-        path.unlink()
-
-
-def port_of(service: BridgeService) -> int:
-    return int(service.ports[0].getHost().port)  # type: ignore[attr-defined]
+@pytest.fixture
+def bridge(run_bridge: RunBridge) -> RunBridge:
+    return run_bridge
 
 
 GOVERNED = """[uwsgi]

@@ -5,47 +5,21 @@ from __future__ import annotations
 import dataclasses
 import socket
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import pytest
 import pytest_twisted
 import treq
-from helpers import until
+from conftest import RunBridge
+from helpers import port_of, until
 from twisted.internet import reactor
 from twisted.internet.threads import deferToThread
 from twisted.logger import formatEvent, globalLogPublisher
 from twisted.web.client import HTTPConnectionPool
 
-from ssebridge.config import MuleSpec, default_config, load_config
+from ssebridge.config import MuleSpec, default_config
 from ssebridge.service import BridgeService
 from ssebridge.testing import RedisProcess, connect_sse, free_port, redis_pipeline
-
-RunBridge = Callable[..., Awaitable[BridgeService]]
-
-
-@pytest_twisted.async_yield_fixture
-async def run_bridge(tmp_path: Path, redis: RedisProcess) -> AsyncIterator[RunBridge]:
-    """Start a BridgeService from ini text (``{redis}`` and ``{port}`` filled in); stop it afterwards."""
-    services: list[BridgeService] = []
-
-    async def start(text: str, name: str = "bridge.ini") -> BridgeService:
-        path = tmp_path / name
-        path.write_text(
-            text.format(redis=f"127.0.0.1:{redis.port}", port=free_port(), sock=redis.unix_socket)
-        )
-        service = BridgeService(load_config(path))
-        await service.startService()
-        services.append(service)
-        return service
-
-    yield start
-    for service in services:
-        await service.stopService()
-
-
-def port_of(service: BridgeService) -> int:
-    return service.ports[0].getHost().port  # type: ignore[attr-defined,no-any-return]
 
 
 @pytest_twisted.ensureDeferred
