@@ -68,8 +68,6 @@ DISCARD_LIMIT = 1024 * 1024
 DISCARD_TIME = 5.0
 
 
-
-
 class _Response(Protocol):
     """What this module uses of ``IResponse`` (a zope interface mypy cannot check)."""
 

@@ -87,13 +87,14 @@ def per_worker_endpoint(description: str, index: int) -> str:
     kind, _, rest = description.partition(":")
     args = re.split(r"(?<!\\):", rest) if rest else []
     for i, arg in enumerate(args):
-        if "=" in arg:
-            continue
-        if kind in ("tcp", "tcp6", "ssl") and arg.isdigit():
-            args[i] = str(int(arg) + index)
+        key, equals, value = arg.partition("=")
+        if not equals:
+            key, value = "", arg
+        if kind in ("tcp", "tcp6", "ssl") and key in ("", "port") and value.isdigit():
+            args[i] = f"{key}{equals}{int(value) + index}"
             return ":".join([kind, *args])
-        if kind == "unix":
-            args[i] = f"{arg}.{index}"
+        if kind == "unix" and key in ("", "address"):
+            args[i] = f"{key}{equals}{value}.{index}"
             return ":".join([kind, *args])
     raise ValueError(f"{description}: workers need a tcp port or a unix path for their metrics")
 
