@@ -7,9 +7,10 @@ real sockets, and prints one line a figure, then one JSON line. Each scenario:
 
 1. Redis killed (SIGKILL) with clients connected, restarted 3 s later: are the streams still open,
    how long from Redis accepting again to every client receiving a new message, ``PUBSUB NUMSUB``.
-2. Redis frozen (SIGSTOP: the socket stays open): how long until the bridge reports the connection
-   down (``ssebridge_redis_connected`` on the metrics listener), then from SIGCONT to every client
-   receiving.
+2. Redis frozen (SIGSTOP: the socket stays open): how long until the bridge drops the silent
+   connection (``ssebridge_redis_disconnects_total`` on the metrics listener), whether it reports
+   Redis up while it stays frozen (``ssebridge_redis_connected``, 2 s of samples), then from SIGCONT
+   to every client receiving.
 3. A client arriving while Redis is away: its status and wait for headers, then how long from Redis
    back to its first message.
 4. A client that never reads (4 KiB receive buffer) beside one that does, while ``--mib`` MiB of
@@ -198,11 +199,19 @@ def redis_faults(redis: RedisProcess, workdir: Path, n: int, out: dict[str, Any]
         out["kill9_streams_open"] = sum(not c.closed for c in clients)
         out["kill9_numsub"] = redis.numsub(CHANNEL)
 
+        drops = bridge.metric("ssebridge_redis_disconnects_total") or 0.0
         redis.freeze()
         try:
             out["sigstop_detect_s"] = seconds_until(
-                lambda: bridge.metric("ssebridge_redis_connected") == 0.0, 15, step=0.1
+                lambda: (bridge.metric("ssebridge_redis_disconnects_total") or 0.0) > drops, 15, step=0.05
             )
+            # While it stays frozen the bridge must not report it up again (new TCP connections to a
+            # stopped Redis still complete in its kernel).
+            samples = []
+            for _ in range(40):
+                samples.append(bridge.metric("ssebridge_redis_connected"))
+                time.sleep(0.05)
+            out["sigstop_reported_up_while_frozen"] = f"{samples.count(1.0)}/{len(samples)} samples"
         finally:
             redis.thaw()
         out["sigstop_recover_s"] = all_receive(redis, clients, "after-thaw")
@@ -254,6 +263,13 @@ def stalled_client(redis: RedisProcess, workdir: Path, mib: int, out: dict[str, 
                         time.sleep(0.0005)
                 if i % 64 == 0:
                     peak = max(peak, bridge.rss_mib())
+            # Closing a socket with replies unread sends a reset, which makes Redis drop the commands
+            # it has not read yet: wait until it has answered them all.
+            publisher.setblocking(True)
+            publisher.sendall(b"*1\r\n$4\r\nPING\r\n")
+            tail = b""
+            while not tail.endswith(b"+PONG\r\n"):
+                tail = (tail + publisher.recv(65536))[-16:]
         last = b"data: %d " % (count - 1)
         seconds_until(lambda: reader.pump() or last in reader.data[-70000:], 20)
         seqs = [int(line.split(b" ")[1]) for line in reader.data.split(b"\n") if line.startswith(b"data: ")]

@@ -81,6 +81,8 @@ class _SubscriberProtocol(txredisapi.SubscriberProtocol):  # type: ignore[misc]
         if data:
             reader.feed(data)
             owner.last_seen = owner.reactor.seconds()
+            if not owner.answered and owner.protocol is self:
+                owner.first_answer()
         batch: dict[bytes, list[bytes]] | None = None
         while True:
             reply = reader.gets()
@@ -152,6 +154,8 @@ class RedisTransport:
         # UNSUBSCRIBE and a new SUBSCRIBE) never starts a stream early.
         self._inflight: dict[bytes, int] = {}
         self.protocol: _SubscriberProtocol | None = None
+        #: Whether Redis has sent anything on the current connection (see ``connected``).
+        self.answered = False
         self.connects = 0
         self.last_seen = 0.0
         self.health_interval = health_interval
@@ -175,7 +179,12 @@ class RedisTransport:
 
     @property
     def connected(self) -> bool:
-        return self.protocol is not None
+        """Up: connected, and Redis has answered on this connection.
+
+        A stopped (SIGSTOP) Redis still completes TCP handshakes from its kernel's listen queue; a
+        connection it has not answered on proves nothing, so readiness and the metrics wait for a reply.
+        """
+        return self.protocol is not None and self.answered
 
     # The hub's requests.
 
@@ -200,9 +209,10 @@ class RedisTransport:
 
     def connection_ready(self, protocol: _SubscriberProtocol) -> None:
         self.protocol = protocol
-        self.connects += 1
-        self.group.stats.redis_connects += 1
+        # Up once Redis answers on this connection: the PING asks it to at once.
+        self.answered = False
         self.last_seen = self.reactor.seconds()
+        protocol.transport.write(_PING_COMMAND)
         if self.health_interval > 0:
             self._health = LoopingCall(self._check_health)
             self._health.clock = self.reactor
@@ -217,9 +227,16 @@ class RedisTransport:
             # One channel per command, all in one write.
             protocol.transport.write(b"".join(encode_command(b"SUBSCRIBE", ch) for ch in self.wanted))
 
+    def first_answer(self) -> None:
+        """Redis answered on the current connection: it is up."""
+        self.answered = True
+        self.connects += 1
+        self.group.stats.redis_connects += 1
+
     def connection_lost(self, protocol: _SubscriberProtocol, why: Any) -> None:
         if self.protocol is protocol:
             self.protocol = None
+            self.answered = False
             self._stop_health()
             self.group.stats.redis_disconnects += 1
             self.group.disconnected()

@@ -87,6 +87,13 @@ async def test_frozen_redis_is_detected_and_the_bridge_recovers(bridge: Fixture)
         await until(
             lambda: bridge.transport().protocol is not first, timeout=8, what="dead connection dropped"
         )
+        # The frozen server's kernel still accepts new connections; until Redis answers on one, the
+        # bridge must not call itself connected (readiness, metrics).
+        seen_up = False
+        for _ in range(30):
+            seen_up = seen_up or bridge.transport().connected or bridge.hub.connected()
+            await sleep(0.05)
+        assert not seen_up
     finally:
         bridge.redis.thaw()
     await until(lambda: bridge.redis.numsub("news") == 1, timeout=5, what="resubscribed")
