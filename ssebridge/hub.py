@@ -121,6 +121,9 @@ class Channel:
             stats.bytes_delivered += len(targets) * len(data)
         if self._raw:
             data = encode_raw(messages)
+            if not data:
+                # Raw mode adds nothing to empty messages; an empty chunk would end the response.
+                return
             targets = tuple(self._raw)
             n = len(messages)
             for subscriber in targets:

@@ -154,17 +154,7 @@ class Stream:
         if self._closed or self._started or request is None:
             return
         self._started = True
-        request.setResponseCode(self._status)
-        headers = request.responseHeaders
-        # The app's own headers (an upstream's Cache-Control, say) stay; only what is missing is added.
-        # Content-Type is the exception: browsers accept no other for an EventSource.
-        headers.setRawHeaders(b"Content-Type", [b"text/event-stream"])
-        for name, value in STREAM_HEADERS:
-            if not headers.hasHeader(name):
-                headers.setRawHeaders(name, [value])
-        # A stream is never compressed or length-delimited.
-        headers.removeHeader(b"Content-Length")
-        headers.removeHeader(b"Content-Encoding")
+        self._set_stream_headers(request)
         request.write(preamble)
         log.info(
             "stream opened: channel={channel} client={client} mode={mode}",
@@ -242,9 +232,22 @@ class Stream:
         self.frames += count
         self._write(data)
 
+    def _set_stream_headers(self, request: Request) -> None:
+        request.setResponseCode(self._status)
+        headers = request.responseHeaders
+        # The app's own headers (an upstream's Cache-Control, say) stay; only what is missing is added.
+        # Content-Type is the exception: browsers accept no other for an EventSource.
+        headers.setRawHeaders(b"Content-Type", [b"text/event-stream"])
+        for name, value in STREAM_HEADERS:
+            if not headers.hasHeader(name):
+                headers.setRawHeaders(name, [value])
+        # A stream is never compressed or length-delimited.
+        headers.removeHeader(b"Content-Length")
+        headers.removeHeader(b"Content-Encoding")
+
     def _write(self, data: bytes) -> None:
         transport = self._transport
-        if transport is None:
+        if transport is None or not data:
             return
         self.bytes += len(data)
         transport.write(_chunk(data) if self._chunked else data)
@@ -272,7 +275,9 @@ class Stream:
             return
         self._closed = True
         self._sock_send = None
-        self._pending = []
+        # What a paused client has queued still goes out before a gentle close's last words.
+        pending = b"".join(self._pending) if not abort else b""
+        self._pending, self._pending_bytes = [], 0
         self._hub.detach(self._server, self._channel, self)
         stats = self._hub.stats
         stats.streams_closed += 1
@@ -290,16 +295,27 @@ class Stream:
             if abort:
                 transport.abortConnection()
                 return
-            if final:
-                self._write(final)
+            self._write(pending)
+            self._write(final)
             if self._chunked:
                 transport.write(b"0\r\n\r\n")
+            # A paused producer still registered would be resumed instead of the connection closed once
+            # the buffer drains: the connection would stay open for good.
+            transport.unregisterProducer()
             transport.loseConnection()
             return
         if request.finished or request._disconnected:
             return
+        if not self._started and not abort:
+            # Closed before it began (a shutdown while Redis is away, say): still answer as a stream,
+            # so an EventSource takes the retry: hint and comes back; any other answer ends it for good.
+            self._set_stream_headers(request)
+            if final:
+                request.write(final)
         if self._started:
             request.unregisterProducer()
+            if pending:
+                request.write(pending)
             if final:
                 request.write(final)
         if abort and transport is not None:

@@ -293,6 +293,8 @@ class SSEClient(Protocol):
         self._chunked = False
         self._chunk_buf = b""
         self._in_body = False
+        #: The chunked body's last chunk arrived: the response is over, as any HTTP client sees it.
+        self.body_ended = False
         self._waiters: list[tuple[int, Deferred[list[Event]]]] = []
         self._raw_waiters: list[tuple[int, Deferred[bytes]]] = []
 
@@ -322,6 +324,8 @@ class SSEClient(Protocol):
             self._in_body = True
             self.headers_received.callback((self.status, self.headers))
             data = rest
+        if self.body_ended:
+            return
         if self._chunked:
             data = self._dechunk(data)
         if data:
@@ -342,6 +346,7 @@ class SSEClient(Protocol):
             out.append(rest[:size])
             buf = rest[size + 2 :]
             if size == 0:
+                self.body_ended = True
                 break
         self._chunk_buf = buf
         return b"".join(out)

@@ -30,6 +30,8 @@ _SUBSCRIBE = b"subscribe"
 _UNSUBSCRIBE = b"unsubscribe"
 _PUBSUB_REPLIES = frozenset([b"subscribe", b"unsubscribe", b"psubscribe", b"punsubscribe"])
 _PONG = b"pong"
+#: PING's answer outside subscribe mode (the first PING of a connection, or none subscribed).
+_PLAIN_PONG = b"PONG"
 _PING_COMMAND = b"*1\r\n$4\r\nPING\r\n"
 
 #: Seconds between liveness checks of a Redis connection, and of silence after which it is dead.
@@ -61,15 +63,36 @@ class _SubscriberProtocol(txredisapi.SubscriberProtocol):  # type: ignore[misc]
     factory: _Factory
 
     def connectionMade(self) -> Deferred[None]:
-        d = cast(Deferred[None], super().connectionMade())
-        # The base class runs AUTH and SELECT first and sets _ready once the connection is usable;
-        # only then may the channels be resubscribed.
-        d.addCallback(self._maybeReady)
-        return d
+        return Deferred.fromCoroutine(self._handshake())
 
-    def _maybeReady(self, _: object) -> None:
-        if self._ready:
-            self.factory.owner.connection_ready(self)
+    async def _handshake(self) -> None:
+        """AUTH and SELECT, then the channels: txredisapi's own ``connectionMade``, made to retry.
+
+        txredisapi stops reconnecting for good when AUTH or SELECT fails for any reason, a connection
+        lost midway included, and waits for their answers without a deadline (a frozen Redis). Here a
+        failure drops this connection and the pool tries again with its backoff.
+        """
+        owner = self.factory.owner
+        try:
+            for command, args in (("auth", (self.password, self.username)), ("select", (self.dbid,))):
+                if args[0] is None:
+                    continue
+                pending = cast(Deferred[Any], getattr(self, command)(*args))
+                response = await pending.addTimeout(owner.health_timeout, owner.reactor)
+                if isinstance(response, Exception):
+                    raise response
+        except Exception as e:
+            owner.handshake_failed(e)
+            self.transport.abortConnection()
+            return
+        self.connected = 1
+        self._ready = True
+        # txredisapi's getConnection() callers wait here (its base class keeps the list).
+        waiting: list[Deferred[Any]] = getattr(self, "_waiting_for_connect", [])
+        setattr(self, "_waiting_for_connect", [])  # noqa: B010 - an untyped base class attribute
+        for d in waiting:
+            d.callback(self)
+        owner.connection_ready(self)
 
     def connectionLost(self, why: Any) -> None:
         super().connectionLost(why)
@@ -106,8 +129,10 @@ class _SubscriberProtocol(txredisapi.SubscriberProtocol):  # type: ignore[misc]
                 if reply[0] == _SUBSCRIBE:
                     owner.subscribed(reply[1])
                 continue
-            if type(reply) is list and len(reply) == 2 and reply[0] == _PONG:
-                continue  # our health check's PING: receiving anything was the point
+            if (type(reply) is list and len(reply) == 2 and reply[0] == _PONG) or reply == _PLAIN_PONG:
+                # Our own PINGs: receiving anything was the point. Nothing waits for them in
+                # txredisapi's reply queue, where they would pile up.
+                continue
             # AUTH and SELECT replies go to txredisapi's queue, which has Deferreds waiting.
             self.replyReceived(reply)
         if batch is not None:
@@ -156,6 +181,7 @@ class RedisTransport:
         self.protocol: _SubscriberProtocol | None = None
         #: Whether Redis has sent anything on the current connection (see ``connected``).
         self.answered = False
+        self._last_handshake_error = ""
         self.connects = 0
         self.last_seen = 0.0
         self.health_interval = health_interval
@@ -209,6 +235,7 @@ class RedisTransport:
 
     def connection_ready(self, protocol: _SubscriberProtocol) -> None:
         self.protocol = protocol
+        self._last_handshake_error = ""
         # Up once Redis answers on this connection: the PING asks it to at once.
         self.answered = False
         self.last_seen = self.reactor.seconds()
@@ -226,6 +253,17 @@ class RedisTransport:
         if self.wanted:
             # One channel per command, all in one write.
             protocol.transport.write(b"".join(encode_command(b"SUBSCRIBE", ch) for ch in self.wanted))
+
+    def handshake_failed(self, error: Exception) -> None:
+        # Logged once per kind of error in a row: a wrong password would otherwise log every second.
+        message = str(error) or type(error).__name__
+        if message != self._last_handshake_error:
+            self._last_handshake_error = message
+            log.error(
+                "redis {server}: AUTH/SELECT failed ({error}); retrying",
+                server=self.server.describe(),
+                error=message,
+            )
 
     def first_answer(self) -> None:
         """Redis answered on the current connection: it is up."""

@@ -418,7 +418,8 @@ class Bridge:
                 if lname in _NOT_ON_A_STREAM or lname == self.offload_header:
                     continue
                 request.responseHeaders.addRawHeader(name, value)
-            status = reply.status if 200 <= reply.status < 300 else 200
+            # 204 and 205 carry no body (twisted.web would send no chunked framing): a stream is a 200.
+            status = reply.status if 200 <= reply.status < 300 and reply.status not in (204, 205) else 200
             self.start_stream(request, resolved, status)
             return
         request.setResponseCode(reply.status, reply.reason or None)

@@ -88,12 +88,16 @@ async def test_native_header_needs_no_rule_and_refusals_pass_through(
     assert b"x-sse-offload" not in native.headers
     # The seed's variable works without the seed's rule too.
     clock = await connect_sse(reactor, "127.0.0.1", port, b"/whattimeisit")
+    empty = await connect_sse(reactor, "127.0.0.1", port, b"/nocontent")
+    assert empty.status == 200
     redis.publish("native", "n")
     redis.publish("clock", "c")
     assert (await native.wait_events(1))[0].data == "n"
     assert (await clock.wait_events(1))[0].data == "c"
+    assert (await empty.wait_events(1))[0].data == "n"
     await native.disconnect()
     await clock.disconnect()
+    await empty.disconnect()
 
     pool = HTTPConnectionPool(reactor, persistent=False)
     base = f"http://127.0.0.1:{port}"

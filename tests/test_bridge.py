@@ -63,6 +63,12 @@ async def test_key_value_action_on_a_unix_socket_server_and_raw_mode(
     redis.publish("foobar", "foobar\nfoobar2")
     assert (await cooked.wait_events(1))[0].data == "foobar\nfoobar2"
     assert await raw.wait_raw(len(b"foobar\nfoobar2")) == b"foobar\nfoobar2"
+    # An empty message adds nothing to a raw stream, and must not end its chunked body.
+    redis.publish("foobar", "")
+    await until(lambda: service.hub.stats.messages_received >= 2, what="the empty message arrived")
+    redis.publish("foobar", "!")
+    assert await raw.wait_raw(len(b"foobar\nfoobar2!")) == b"foobar\nfoobar2!"
+    assert not raw.body_ended
     await cooked.disconnect()
     await raw.disconnect()
 
@@ -197,6 +203,63 @@ async def test_shutdown_tells_streams_to_come_back(run_bridge: RunBridge) -> Non
     for c in clients:
         await c.closed.addTimeout(5, reactor)
         assert c.parser.retry is not None and 2000 <= c.parser.retry <= 2500
+
+
+@pytest_twisted.ensureDeferred
+async def test_shutdown_while_waiting_for_redis_still_answers_as_a_stream(
+    run_bridge: RunBridge, redis: RedisProcess
+) -> None:
+    service = await run_bridge(
+        "[uwsgi]\nhttp-socket = 127.0.0.1:{port}\nredis = {redis}\nroute = ^/s sse:s\n"
+        "shutdown-window = 0.2\nretry-ms = 2000\nconfirm-timeout = 30\n"
+    )
+    redis.kill()
+    await until(lambda: not service.hub.connected(), what="disconnect noticed")
+    client = await connect_sse(reactor, "127.0.0.1", port_of(service), b"/s", wait_headers=False)
+    await until(lambda: len(service.bridge.streams) == 1, what="stream waiting")
+    await service.stopService()
+    await until(lambda: client.body_ended, timeout=5, what="the response ended")
+    # An EventSource given anything but a 200 text/event-stream never comes back.
+    assert client.status == 200
+    assert client.headers[b"content-type"] == [b"text/event-stream"]
+    assert client.parser.retry is not None and 2000 <= client.parser.retry <= 2500
+    await client.disconnect()
+
+
+@pytest_twisted.ensureDeferred
+async def test_shutdown_sends_what_a_slow_client_has_queued_before_the_retry_hint(
+    run_bridge: RunBridge, redis: RedisProcess
+) -> None:
+    service = await run_bridge(
+        "[uwsgi]\nhttp-socket = 127.0.0.1:{port}\nredis = {redis}\nroute = ^/s sse:s\n"
+        "shutdown-window = 0\nretry-ms = 2000\nclient-buffer = 16777216\n"
+    )
+    slow = socket.socket()
+    slow.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    slow.connect(("127.0.0.1", port_of(service)))
+    slow.sendall(b"GET /s HTTP/1.0\r\n\r\n")
+    await until(lambda: service.hub.subscriber_count() == 1, what="attached")
+    count = 400  # 6.4 MB: more than the kernel and Twisted hold, so some waits in the stream's queue
+    redis_pipeline(redis.address, [("PUBLISH", "s", f"{i} " + "x" * 16000) for i in range(count)])
+    await until(lambda: service.hub.stats.messages_received == count, what="all published")
+    stream = next(iter(service.bridge.streams))
+    await until(lambda: stream._pending_bytes > 0, what="a backlog queued in the stream")
+
+    def read_all() -> bytes:
+        slow.settimeout(20)
+        data = b""
+        while chunk := slow.recv(1 << 20):
+            data += chunk
+        return data
+
+    reading = deferToThread(read_all)
+    await service.stopService()
+    data = await reading
+    slow.close()
+    body = data.partition(b"\r\n\r\n")[2]
+    seqs = [int(line[6:].split(b" ")[0]) for line in body.split(b"\n") if line.startswith(b"data: ")]
+    assert seqs == list(range(count))
+    assert body.endswith(b"\n\n") and b"retry: " in body[-40:]
 
 
 @pytest_twisted.ensureDeferred

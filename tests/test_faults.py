@@ -159,3 +159,39 @@ async def test_headers_sent_a_byte_at_a_time_are_cut_off(bridge: Fixture) -> Non
 
 def _fds() -> int:
     return len(os.listdir("/proc/self/fd"))
+
+
+@pytest_twisted.ensureDeferred
+async def test_health_pings_leave_nothing_queued(bridge: Fixture) -> None:
+    # Outside subscribe mode Redis answers PING with a plain +PONG, which nothing waits for.
+    await until(lambda: bridge.transport().connected, what="connected")
+    await sleep(2.6)
+    assert not bridge.transport().protocol.replyQueue.pending
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_reconnect_stuck_in_select_keeps_retrying(redis: RedisProcess) -> None:
+    """txredisapi gives up for good when SELECT fails, a lost connection included; the bridge must not."""
+    hub = Hub(redis_transport_factory(reactor))
+    server = RedisServer(host="127.0.0.1", port=redis.port, db=1)
+    root = Resource()
+    root.putChild(b"news", ChannelResource(hub, server, b"news", confirm_timeout=1.0))
+    port = reactor.listenTCP(0, BridgeSite(root), interface="127.0.0.1")  # type: ignore[attr-defined]
+    hub.connect(server)
+    try:
+        client = await connect_sse(reactor, "127.0.0.1", port.getHost().port, b"/news")
+        transport = next(iter(hub.groups.values())).transport
+        first = transport.protocol
+        redis.freeze()
+        try:
+            await until(lambda: transport.protocol is not first, timeout=8, what="dead connection dropped")
+            await sleep(0.5)  # a reconnect reaches the frozen server's kernel and waits on SELECT
+        finally:
+            redis.kill()
+        redis.start()
+        await until(lambda: redis.numsub("news") == 1, timeout=8, what="resubscribed")
+        await publish_until_received(redis, [client], "back", timeout=3.0)
+        await client.disconnect()
+    finally:
+        await port.stopListening()
+        await hub.stop()

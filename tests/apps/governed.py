@@ -19,6 +19,9 @@ def application(environ, start_response):
     if path == "/native":  # no rule needed
         start_response("200 OK", [("X-SSE-Offload", "native"), ("Set-Cookie", "seen=1")])
         return []
+    if path == "/nocontent":  # a 204 cannot carry a stream: it becomes a 200
+        start_response("204 No Content", [("X-SSE-Offload", "native")])
+        return []
     if path == "/hostile":
         start_response("200 OK", [("X-SSE-Offload", "bad\tname" + "x" * 300)])
         return []
