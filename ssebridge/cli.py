@@ -26,9 +26,13 @@ def make_service(options: Mapping[str, Any]) -> Service:
         sys.stderr.write(f"ssebridge: {e}\n")
         raise SystemExit(2) from None
     if config.workers > 1:
+        from ssebridge.upstreams import load_app
         from ssebridge.workers import WorkerPool
 
         try:
+            # Each worker loads the app itself; loading it here first refuses a broken one with one
+            # line, instead of workers failing and being restarted forever.
+            load_app(config)
             return WorkerPool(config, path, config.workers)
         except ValueError as e:
             sys.stderr.write(f"ssebridge: {config.source}: {e}\n")

@@ -157,7 +157,7 @@ class Setting:
 def _at_least(minimum: float) -> Callable[[Any], Any]:
     def check(value: Any) -> Any:
         if value < minimum:
-            raise ValueError(f"must be at least {minimum:g}, not {value:g}")
+            raise ValueError(f"must be at least {minimum:g}, not {value}")
         return value
 
     return check
@@ -165,7 +165,7 @@ def _at_least(minimum: float) -> Callable[[Any], Any]:
 
 def _positive(value: Any) -> Any:
     if value <= 0:
-        raise ValueError(f"must be greater than 0, not {value:g}")
+        raise ValueError(f"must be greater than 0, not {value}")
     return value
 
 

@@ -317,7 +317,14 @@ class HTTPUpstream:
         else:
             body.close()
             body = None
-        d = self.agent.request(method, url, self._headers_for(request), cast(Any, producer))
+        try:
+            d = self.agent.request(method, url, self._headers_for(request), cast(Any, producer))
+        except ValueError as e:
+            # Agent refuses some bytes twisted.web's server accepts in a URI (DEL, say).
+            if body is not None:
+                body.close()
+            log.info("refused request to the upstream: {error}", error=str(e))
+            return fail(UpstreamError(400, "Bad Request"))
         self._waiting.add(d)
         # Not Deferred.addTimeout: once the request is on the wire, Agent fails a cancelled request
         # with ResponseNeverReceived, which addTimeout does not recognise as its own timeout.

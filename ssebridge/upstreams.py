@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import sys
 from typing import Any
+from wsgiref.types import WSGIApplication
 
 from twisted.python.threadpool import ThreadPool
 
@@ -24,16 +25,25 @@ def build_upstream(config: Config, reactor: Any) -> Upstream | None:
         from ssebridge.proxy import HTTPUpstream
 
         return HTTPUpstream(config.proxy, reactor, **common)
-    if config.wsgi_file is None and not config.wsgi_module:
+    app = load_app(config)
+    if app is None:
         return None
-    from ssebridge.wsgi import WSGIUpstream, load_wsgi_file, load_wsgi_module
+    from ssebridge.wsgi import WSGIUpstream
 
-    if config.wsgi_file is not None:
-        app = load_wsgi_file(config.wsgi_file)
-    else:
-        # As uWSGI does for `module`: the working directory is importable.
-        if os.getcwd() not in sys.path:
-            sys.path.insert(0, os.getcwd())
-        app = load_wsgi_module(config.wsgi_module)
     pool = ThreadPool(minthreads=1, maxthreads=config.threads, name="ssebridge-wsgi")
     return WSGIUpstream(app, reactor, pool, **common)
+
+
+def load_app(config: Config) -> WSGIApplication | None:
+    """Import the in-process WSGI app ``config`` names, or ``None``; ``ValueError`` (one line) if it
+    cannot load. A worker pool's parent calls it too, to refuse a broken app before any worker starts."""
+    if config.wsgi_file is None and not config.wsgi_module:
+        return None
+    from ssebridge.wsgi import load_wsgi_file, load_wsgi_module
+
+    if config.wsgi_file is not None:
+        return load_wsgi_file(config.wsgi_file)
+    # As uWSGI does for `module`: the working directory is importable.
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    return load_wsgi_module(config.wsgi_module)

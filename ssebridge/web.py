@@ -170,6 +170,11 @@ class _Guard(Resource):
         self.router = router
 
     def render(self, request: Request) -> Any:
+        if not request.uri.startswith(b"/"):
+            # "*", "host:port/x", absolute URLs: an origin server's requests name a path. Forwarded to a
+            # proxy upstream, anything else could pick another host or port to connect to.
+            log.info("refused request: the target is not a path")
+            return _Text(400, "Bad request: the request target must be a path").render(request)
         try:
             unquote_to_bytes(request.path).decode("utf-8")
         except UnicodeDecodeError:

@@ -15,6 +15,9 @@ from ssebridge.logs import inherited_observer
 
 log = Logger()
 
+#: A worker's exit status when it can never start (its config or app): the pool stops, not retries.
+EXIT_CANNOT_START = 2
+
 #: prctl(2) option: the signal a process gets when its parent dies.
 PR_SET_PDEATHSIG = 1
 
@@ -42,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
         config = load_config(args.config) if args.config else default_config()
     except ConfigError as e:
         sys.stderr.write(f"ssebridge worker: {e}\n")
-        return 2
+        return EXIT_CANNOT_START
     families = [int(f) for f in args.families.split(",") if f]
     if args.parent:
         die_with_parent(args.parent)
@@ -52,7 +55,12 @@ def main(argv: list[str] | None = None) -> int:
     from ssebridge.service import BridgeService
 
     globalLogBeginner.beginLoggingTo([inherited_observer()], redirectStandardIO=False)
-    service = BridgeService(config, reactor=reactor, inherited=families, run_mules=False)
+    try:
+        service = BridgeService(config, reactor=reactor, inherited=families, run_mules=False)
+    except ValueError as e:
+        # A WSGI app that does not load (here, though it did in the parent): one line, status 2.
+        sys.stderr.write(f"ssebridge worker: {config.source}: {e}\n")
+        return EXIT_CANNOT_START
     service.worker_index = args.index
     reactor.callWhenRunning(service.startService)
     reactor.addSystemEventTrigger("before", "shutdown", service.stopService)

@@ -29,6 +29,7 @@ from twisted.python.failure import Failure
 from ssebridge.config import Config
 from ssebridge.mule import backoff_delay
 from ssebridge.sdnotify import notify
+from ssebridge.worker import EXIT_CANNOT_START
 
 log = Logger()
 
@@ -160,16 +161,26 @@ class WorkerPool(MultiService):
 
     def startService(self) -> None:
         shared: dict[int, socket.socket] = {}
-        for _ in range(self.count):
-            socks = []
-            for i, spec in enumerate(self.specs):
-                if spec.shared:
-                    if i not in shared:
-                        shared[i] = open_listener(spec)
-                    socks.append(shared[i])
-                else:
-                    socks.append(open_listener(spec))
-            self.sockets.append(socks)
+        try:
+            for _ in range(self.count):
+                socks = []
+                for i, spec in enumerate(self.specs):
+                    if spec.shared:
+                        if i not in shared:
+                            shared[i] = open_listener(spec)
+                        socks.append(shared[i])
+                    else:
+                        socks.append(open_listener(spec))
+                self.sockets.append(socks)
+        except (OSError, ValueError) as e:
+            log.critical("could not start: {error}", error=str(e))
+            for sock in {id(s): s for socks in self.sockets for s in socks}.values():
+                sock.close()
+            for sock in shared.values():
+                sock.close()
+            self.sockets = []
+            self.fail_to_start()
+            return
         for w in range(self.count):
             self.spawn(w)
         log.info("started {count} workers", count=self.count)
@@ -209,6 +220,11 @@ class WorkerPool(MultiService):
     def worker_ended(self, index: int, reason: Failure) -> None:
         if self.stopping:
             return
+        if getattr(reason.value, "exitCode", None) == EXIT_CANNOT_START:
+            # Its config or app cannot load: restarting would fail the same way, forever.
+            log.critical("worker {index} cannot start; stopping", index=index)
+            self.fail_to_start()
+            return
         if self.reactor.seconds() - self.started_at.get(index, 0) > 30:
             self.failures[index] = 0
         failures = self.failures.get(index, 0) + 1
@@ -221,6 +237,13 @@ class WorkerPool(MultiService):
             delay=delay,
         )
         self.reactor.callLater(delay, self.spawn, index)
+
+    def fail_to_start(self) -> None:
+        """Stop the process with status 1 once the reactor runs (twistd starts services before it)."""
+        from ssebridge.service import exit_with
+
+        exit_with(1)
+        self.reactor.callWhenRunning(self.reactor.stop)
 
     def pids(self) -> list[int]:
         return [p.transport.pid for p in self.workers.values() if p.transport is not None and p.transport.pid]

@@ -452,6 +452,14 @@ class _WSGICall:
 
     def run(self) -> None:
         """The whole call, in a pool thread."""
+        with self._mode_lock:
+            abandoned = self._mode == "abandon"
+        if abandoned:
+            # It waited in the queue past its 504, or its client left: running the app now would act
+            # on a request nobody waits for (and a client that retried would have it done twice).
+            self.body.close()
+            self.reactor.callFromThread(self.upstream._call_done, self)
+            return
         iterable: Iterable[bytes] | None = None
         complete = False
         failure: Failure | None = None
@@ -612,9 +620,10 @@ class WSGIUpstream:
     def _call_done(self, call: _WSGICall) -> None:
         self._calls.discard(call)
 
-    def stop(self) -> Deferred[None]:
+    def stop(self, grace: float = 5.0) -> Deferred[None]:
         """Release every waiting pool thread, then stop the pool (off the reactor thread: joining
-        waits for app code still running, such as one that timed out)."""
+        waits for app code still running, such as one that timed out), waiting at most ``grace``
+        seconds for app code that does not return."""
         waiter: Deferred[None] = Deferred()
         if self._stopped is not None:
             self._stopped.addBoth(lambda _: waiter.callback(None))
@@ -625,15 +634,35 @@ class WSGIUpstream:
         for call in list(self._calls):
             call.abandon()
 
+        def finished() -> None:
+            if not done.called:
+                done.callback(None)
+
         def join() -> None:
             try:
                 self.threadpool.stop()
             except Exception:
                 failure = Failure()
                 self.reactor.callFromThread(log.failure, "stopping the WSGI thread pool failed", failure)
-            self.reactor.callFromThread(done.callback, None)
+            self.reactor.callFromThread(finished)
 
         threading.Thread(target=join, name="ssebridge-wsgi-stop", daemon=True).start()
+
+        def give_up() -> None:
+            if not done.called:
+                log.warn(
+                    "WSGI app code still running after {grace}s; not waiting for it",
+                    grace=grace,
+                )
+                done.callback(None)
+
+        timer = self.reactor.callLater(grace, give_up)
+
+        def stop_timer(result: None) -> None:
+            if timer.active():
+                timer.cancel()
+
+        waiter.addBoth(stop_timer)
         return waiter
 
 

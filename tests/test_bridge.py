@@ -126,6 +126,15 @@ async def test_invalid_utf8_path_and_malformed_request(run_bridge: RunBridge) ->
     # A blocking socket in a thread: the reactor must keep running to answer it.
     assert (await deferToThread(not_http)).startswith(b"HTTP/1.1 400")
 
+    def target(uri: bytes) -> bytes:
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+            s.sendall(b"GET " + uri + b" HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            return s.recv(1000)
+
+    # Targets that are not paths: forwarded to a proxy upstream they could name another host or port.
+    for uri in (b":6379/x", b".evil.example/x", b"http://evil.example/ch/x"):
+        assert (await deferToThread(target, uri)).startswith(b"HTTP/1.1 400"), uri
+
 
 @pytest_twisted.ensureDeferred
 async def test_head_of_a_hostile_path_is_answered_and_logged_cleanly(run_bridge: RunBridge) -> None:

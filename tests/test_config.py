@@ -501,6 +501,8 @@ def test_toml_inline_tables(tmp_path: Path) -> None:
         ("[uwsgi\n", 1, "bad section header"),
         ("[uwsgi]\noffload-threads = -1\n", 2, "offload-threads: must be at least 0"),
         ("[uwsgi]\noffload-threads = many\n", 2, "'many' is not an integer"),
+        ("[uwsgi]\nclient-buffer = -" + "9" * 400 + "\n", 2, "client-buffer: must be greater than 0"),
+        ("[uwsgi]\nmax-streams = -" + "9" * 400 + "\n", 2, "max-streams: must be at least 0"),
         ("[uwsgi]\nheartbeat = soon\n", 2, "heartbeat: 'soon' is not a number"),
         ("[uwsgi]\nclient-buffer = 0\n", 2, "client-buffer: must be greater than 0"),
         ("[uwsgi]\nmule = missing.pl\n", 2, "mule: mule script"),

@@ -36,6 +36,22 @@ def get(port: int, path: str) -> bytes:
             time.sleep(0.1)
 
 
+def free_ports_in_a_row(count: int, avoid: int) -> int:
+    """The first of ``count`` consecutive free ports (worker i serves metrics on the port plus i)."""
+    while True:
+        first = free_port()
+        ports = range(first, first + count)
+        if avoid in ports:
+            continue
+        try:
+            for p in ports[1:]:
+                with socket.socket() as s:
+                    s.bind(("127.0.0.1", p))
+        except OSError:
+            continue
+        return first
+
+
 def test_notify_sends_to_the_socket_and_does_nothing_without_one(tmp_path: Path) -> None:
     path = str(tmp_path / "notify")
     with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
@@ -51,7 +67,7 @@ def test_socket_activation_and_ready_stopping_notices(
     tmp_path: Path, redis: RedisProcess, workers: int
 ) -> None:
     port = free_port()
-    metrics_port = free_port()
+    metrics_port = free_ports_in_a_row(2, avoid=port)
     config = tmp_path / "sd.toml"
     config.write_text(
         f'listen = "systemd:domain=INET:index=0"\nredis = "127.0.0.1:{redis.port}"\nshutdown_window = 0.2\n'

@@ -142,18 +142,24 @@ def test_bad_config_exits_nonzero_with_one_line(tmp_path: Path, line: str, probl
 
 
 @pytest.mark.parametrize(
-    "listen",
-    ["tcp:{busy}:interface=127.0.0.1", "systemd:domain=INET:index=0"],
-    ids=["port in use", "no systemd socket"],
+    ("listen", "workers"),
+    [
+        ("tcp:{busy}:interface=127.0.0.1", 1),
+        ("systemd:domain=INET:index=0", 1),
+        ("tcp:{busy}:interface=127.0.0.1", 2),
+    ],
+    ids=["port in use", "no systemd socket", "port in use, workers"],
 )
 def test_a_listener_that_cannot_open_exits_nonzero_saying_why(
-    tmp_path: Path, redis: RedisProcess, listen: str
+    tmp_path: Path, redis: RedisProcess, listen: str, workers: int
 ) -> None:
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         description = listen.format(busy=busy.getsockname()[1])
-        (tmp_path / "c.toml").write_text(f'listen = "{description}"\nredis = "127.0.0.1:{redis.port}"\n')
+        (tmp_path / "c.toml").write_text(
+            f'listen = "{description}"\nredis = "127.0.0.1:{redis.port}"\nworkers = {workers}\n'
+        )
         proc = twistd("-n", "--pidfile=", "ssebridge", "--config", "c.toml", cwd=tmp_path)
         try:
             out, err = proc.communicate(timeout=30)
@@ -165,6 +171,24 @@ def test_a_listener_that_cannot_open_exits_nonzero_saying_why(
     text = (out + err).decode()
     assert "could not start: " in text
     assert "Traceback" not in text
+
+
+def test_workers_with_an_app_that_does_not_load_exit_with_one_line(tmp_path: Path) -> None:
+    (tmp_path / "app.py").write_text("import nonexistent_module_for_this_test\n")
+    (tmp_path / "w.ini").write_text(
+        f"[uwsgi]\nhttp-socket = 127.0.0.1:{free_port()}\nwsgi-file = app.py\nworkers = 2\n"
+    )
+    proc = twistd("-n", "--pidfile=", "ssebridge", "--config", "w.ini", cwd=tmp_path)
+    try:
+        out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 2
+    lines = err.decode().strip().splitlines()
+    assert len(lines) == 1 and "nonexistent_module_for_this_test" in lines[0], err.decode()
+    assert b"Traceback" not in out + err
 
 
 def children(pid: int) -> set[int]:

@@ -513,3 +513,26 @@ async def test_head_request_passes_through(proxy: Callable[..., Served]) -> None
     # A second request on the pooled connection still works: HEAD did not confuse the framing.
     response, body = await s.request("GET", "/echo")
     assert response.code == 200 and json.loads(body)["method"] == "GET"
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_uri_the_client_agent_refuses_is_a_400(proxy: Callable[..., Served]) -> None:
+    import socket
+
+    from twisted.internet.threads import deferToThread
+
+    s = proxy()
+    port = s.port.getHost().port
+
+    def raw() -> bytes:
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as c:
+            # twisted.web's server takes a DEL in the path; Agent refuses it in a URL.
+            c.sendall(b"GET /a\x7fb HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            reply = b""
+            while chunk := c.recv(4096):
+                reply += chunk
+            return reply
+
+    reply = await deferToThread(raw)
+    assert reply.startswith(b"HTTP/1.1 400")
+    assert not s.front.replies

@@ -551,6 +551,49 @@ async def test_stop_releases_a_waiting_request(serve: Callable[..., Served]) -> 
     assert await s.upstream.forward(None, {}).addErrback(lambda f: f.value.code) == 503
 
 
+@pytest_twisted.ensureDeferred
+async def test_a_request_that_timed_out_in_the_queue_never_runs(serve: Callable[..., Served]) -> None:
+    release = threading.Event()
+    ran: list[str] = []
+
+    def application(environ: dict[str, Any], start_response: Any) -> Any:
+        ran.append(environ["PATH_INFO"])
+        if environ["PATH_INFO"] == "/busy":
+            release.wait(WAIT)
+        start_response("200 OK", [])
+        return [b"done"]
+
+    s = serve(application, threads=1, timeout=0.5)
+    busy = Deferred.fromCoroutine(s.request("GET", "/busy"))
+    await until(lambda: ran == ["/busy"], what="the one thread busy")
+    response, _ = await s.request("POST", "/order-pizza")
+    assert response.code == 504
+    release.set()
+    await within(busy)
+    await until(lambda: s.upstream.active == 0, what="both calls ended")
+    # Its client had its 504: the app must not place the order afterwards.
+    assert ran == ["/busy"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_stop_waits_for_app_code_only_so_long(serve: Callable[..., Served]) -> None:
+    release = threading.Event()
+
+    def application(environ: dict[str, Any], start_response: Any) -> Any:
+        release.wait(WAIT)
+        start_response("200 OK", [])
+        return [b"late"]
+
+    s = serve(application)
+    pending = Deferred.fromCoroutine(s.request("GET", "/"))
+    await until(lambda: s.upstream.active == 1, what="request in the app")
+    started = time.monotonic()
+    await within(s.upstream.stop(grace=0.5))
+    assert time.monotonic() - started < 3
+    release.set()
+    await within(pending)
+
+
 # --- what reaches the app ------------------------------------------------------------------------
 
 
