@@ -71,6 +71,18 @@ def stop_process(proc: subprocess.Popen[bytes], timeout: float = 20.0) -> None:
             proc.wait(5)
 
 
+def run_twistd(*args: str, cwd: Path, timeout: float = 30.0) -> tuple[int, bytes, bytes]:
+    """Run ``twistd ARGS`` to its end: (status, stdout, stderr); killed if it outlives ``timeout``."""
+    proc = twistd(*args, cwd=cwd)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    return proc.returncode, out, err
+
+
 def port_of(service: Any) -> int:
     """The TCP port a started ``BridgeService`` listens on first."""
     return int(service.ports[0].getHost().port)

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from helpers import stop_process, twistd, wait_port
+from helpers import run_twistd, stop_process, twistd, wait_port
 
 from ssebridge.testing import EventStreamParser, RedisProcess, free_port
 
@@ -160,14 +160,8 @@ def test_a_listener_that_cannot_open_exits_nonzero_saying_why(
         (tmp_path / "c.toml").write_text(
             f'listen = "{description}"\nredis = "127.0.0.1:{redis.port}"\nworkers = {workers}\n'
         )
-        proc = twistd("-n", "--pidfile=", "ssebridge", "--config", "c.toml", cwd=tmp_path)
-        try:
-            out, err = proc.communicate(timeout=30)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.communicate()
-    assert proc.returncode == 1
+        status, out, err = run_twistd("-n", "--pidfile=", "ssebridge", "--config", "c.toml", cwd=tmp_path)
+    assert status == 1
     text = (out + err).decode()
     assert "could not start: " in text
     assert "Traceback" not in text
@@ -178,14 +172,8 @@ def test_workers_with_an_app_that_does_not_load_exit_with_one_line(tmp_path: Pat
     (tmp_path / "w.ini").write_text(
         f"[uwsgi]\nhttp-socket = 127.0.0.1:{free_port()}\nwsgi-file = app.py\nworkers = 2\n"
     )
-    proc = twistd("-n", "--pidfile=", "ssebridge", "--config", "w.ini", cwd=tmp_path)
-    try:
-        out, err = proc.communicate(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
-    assert proc.returncode == 2
+    status, out, err = run_twistd("-n", "--pidfile=", "ssebridge", "--config", "w.ini", cwd=tmp_path)
+    assert status == 2
     lines = err.decode().strip().splitlines()
     assert len(lines) == 1 and "nonexistent_module_for_this_test" in lines[0], err.decode()
     assert b"Traceback" not in out + err
