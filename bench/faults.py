@@ -42,6 +42,9 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+import procstat  # noqa: E402  (bench/ is this script's directory, first on sys.path)
+import services  # noqa: E402
+
 from ssebridge.testing import RedisProcess, free_port  # noqa: E402
 
 CHANNEL = "faults"
@@ -76,7 +79,7 @@ class Bridge:
                 preexec_fn=limit,
             )
         for port in (self.port, self.metrics_port):
-            wait_port(port, self.proc)
+            services.wait_for_port("127.0.0.1", port, 20.0, self.proc)
 
     def metric(self, name: str) -> float | None:
         """The first sample of ``name`` from the metrics listener."""
@@ -91,10 +94,7 @@ class Bridge:
         return None
 
     def rss_mib(self) -> float:
-        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-        return 0.0
+        return procstat.rss_kib([self.proc.pid]) / 1024
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -104,18 +104,6 @@ class Bridge:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
-
-
-def wait_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-            return
-        except OSError:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"the bridge did not listen on {port}") from None
-            time.sleep(0.05)
 
 
 class Client:

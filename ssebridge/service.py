@@ -38,11 +38,12 @@ DEFAULT_BACKLOG = 4096
 FD_HEADROOM = 64
 
 
-def exit_with(status: int) -> None:
-    """Make the interpreter exit with ``status`` once the reactor has stopped and twistd cleaned up.
+def stop_and_exit(reactor: Any, status: int) -> None:
+    """Stop the reactor (once it runs: twistd starts services before it) and exit with ``status``.
 
     twistd always exits 0 after its reactor stops; a service that could not start must say otherwise
-    (``Restart=on-failure``, scripts). Registered late, this runs first at exit.
+    (``Restart=on-failure``, scripts). Registered late, the exit runs first at interpreter exit, after
+    twistd has cleaned up.
     """
 
     def leave() -> None:
@@ -51,6 +52,7 @@ def exit_with(status: int) -> None:
         os._exit(status)
 
     atexit.register(leave)
+    reactor.callWhenRunning(reactor.stop)
 
 
 def with_backlog(description: str) -> str:
@@ -161,9 +163,7 @@ class BridgeService(MultiService):
         log.critical("could not start: {error}", error=failure.getErrorMessage() or repr(failure.value))
         if not isinstance(failure.value, (CannotListenError, OSError, ValueError, KeyError, IndexError)):
             log.failure("start failed", failure)
-        exit_with(1)
-        # twistd starts services before its reactor runs.
-        self.reactor.callWhenRunning(self.reactor.stop)
+        stop_and_exit(self.reactor, 1)
 
     async def _start(self) -> None:
         for warning in self.config.warnings:

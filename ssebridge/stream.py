@@ -306,18 +306,16 @@ class Stream:
             return
         if request.finished or request._disconnected:
             return
-        if not self._started and not abort:
+        if self._started:
+            request.unregisterProducer()
+        elif not abort:
             # Closed before it began (a shutdown while Redis is away, say): still answer as a stream,
             # so an EventSource takes the retry: hint and comes back; any other answer ends it for good.
             self._set_stream_headers(request)
-            if final:
-                request.write(final)
-        if self._started:
-            request.unregisterProducer()
-            if pending:
-                request.write(pending)
-            if final:
-                request.write(final)
+        if self._started or not abort:
+            for data in (pending, final):
+                if data:
+                    request.write(data)
         if abort and transport is not None:
             transport.abortConnection()
             return

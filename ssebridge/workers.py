@@ -161,22 +161,27 @@ class WorkerPool(MultiService):
 
     def startService(self) -> None:
         shared: dict[int, socket.socket] = {}
+        opened: list[socket.socket] = []
+
+        def open_one(spec: ListenSpec) -> socket.socket:
+            sock = open_listener(spec)
+            opened.append(sock)
+            return sock
+
         try:
             for _ in range(self.count):
                 socks = []
                 for i, spec in enumerate(self.specs):
                     if spec.shared:
                         if i not in shared:
-                            shared[i] = open_listener(spec)
+                            shared[i] = open_one(spec)
                         socks.append(shared[i])
                     else:
-                        socks.append(open_listener(spec))
+                        socks.append(open_one(spec))
                 self.sockets.append(socks)
         except (OSError, ValueError) as e:
             log.critical("could not start: {error}", error=str(e))
-            for sock in {id(s): s for socks in self.sockets for s in socks}.values():
-                sock.close()
-            for sock in shared.values():
+            for sock in opened:
                 sock.close()
             self.sockets = []
             self.fail_to_start()
@@ -239,11 +244,10 @@ class WorkerPool(MultiService):
         self.reactor.callLater(delay, self.spawn, index)
 
     def fail_to_start(self) -> None:
-        """Stop the process with status 1 once the reactor runs (twistd starts services before it)."""
-        from ssebridge.service import exit_with
+        # service imports this module: import it here.
+        from ssebridge.service import stop_and_exit
 
-        exit_with(1)
-        self.reactor.callWhenRunning(self.reactor.stop)
+        stop_and_exit(self.reactor, 1)
 
     def pids(self) -> list[int]:
         return [p.transport.pid for p in self.workers.values() if p.transport is not None and p.transport.pid]

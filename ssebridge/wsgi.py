@@ -635,7 +635,7 @@ class WSGIUpstream:
             call.abandon()
 
         def finished() -> None:
-            if not done.called:
+            if not done.called:  # the grace period may have ended the wait already
                 done.callback(None)
 
         def join() -> None:
@@ -648,24 +648,11 @@ class WSGIUpstream:
 
         threading.Thread(target=join, name="ssebridge-wsgi-stop", daemon=True).start()
 
-        def give_up() -> None:
-            if not done.called:
-                log.warn(
-                    "WSGI app code still running after {grace}s; not waiting for it",
-                    grace=grace,
-                )
-                done.callback(None)
+        def give_up(result: object, timeout: float) -> None:
+            log.warn("WSGI app code still running after {grace}s; not waiting for it", grace=timeout)
 
-        timer = self.reactor.callLater(grace, give_up)
-
-        def stop_timer(result: None) -> None:
-            if timer.active():
-                timer.cancel()
-
-        waiter.addBoth(stop_timer)
+        done.addTimeout(grace, cast(Any, self.reactor), onTimeoutCancel=give_up)
         return waiter
-
-
 
 
 # --- loading -----------------------------------------------------------------------------------------

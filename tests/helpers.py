@@ -83,6 +83,19 @@ def run_twistd(*args: str, cwd: Path, timeout: float = 30.0) -> tuple[int, bytes
     return proc.returncode, out, err
 
 
+def raw_request(port: int, data: bytes) -> bytes:
+    """Send ``data`` to 127.0.0.1:``port`` on a plain socket; return all it answers until it closes.
+
+    Blocking: from a reactor test, run it with ``deferToThread``.
+    """
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+        s.sendall(data)
+        reply = b""
+        while chunk := s.recv(4096):
+            reply += chunk
+        return reply
+
+
 def port_of(service: Any) -> int:
     """The TCP port a started ``BridgeService`` listens on first."""
     return int(service.ports[0].getHost().port)

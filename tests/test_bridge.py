@@ -11,7 +11,7 @@ import pytest
 import pytest_twisted
 import treq
 from conftest import RunBridge
-from helpers import port_of, until
+from helpers import port_of, raw_request, until
 from twisted.internet import reactor
 from twisted.internet.threads import deferToThread
 from twisted.logger import formatEvent, globalLogPublisher
@@ -126,14 +126,10 @@ async def test_invalid_utf8_path_and_malformed_request(run_bridge: RunBridge) ->
     # A blocking socket in a thread: the reactor must keep running to answer it.
     assert (await deferToThread(not_http)).startswith(b"HTTP/1.1 400")
 
-    def target(uri: bytes) -> bytes:
-        with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
-            s.sendall(b"GET " + uri + b" HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-            return s.recv(1000)
-
     # Targets that are not paths: forwarded to a proxy upstream they could name another host or port.
     for uri in (b":6379/x", b".evil.example/x", b"http://evil.example/ch/x"):
-        assert (await deferToThread(target, uri)).startswith(b"HTTP/1.1 400"), uri
+        request = b"GET " + uri + b" HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        assert (await deferToThread(raw_request, port, request)).startswith(b"HTTP/1.1 400"), uri
 
 
 @pytest_twisted.ensureDeferred
@@ -146,16 +142,8 @@ async def test_head_of_a_hostile_path_is_answered_and_logged_cleanly(run_bridge:
     observer = events.append
     globalLogPublisher.addObserver(observer)  # type: ignore[arg-type]
 
-    def head() -> bytes:
-        with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
-            s.sendall(b"HEAD /\x86/.. HTTP/1.0\r\n\r\n")
-            reply = b""
-            while chunk := s.recv(4096):
-                reply += chunk
-            return reply
-
     try:
-        reply = await deferToThread(head)
+        reply = await deferToThread(raw_request, port, b"HEAD /\x86/.. HTTP/1.0\r\n\r\n")
     finally:
         globalLogPublisher.removeObserver(observer)  # type: ignore[arg-type]
     head_part, _, body = reply.partition(b"\r\n\r\n")

@@ -18,10 +18,12 @@ import pytest
 import pytest_twisted
 import waitress
 from flask import Flask, Response, request
+from helpers import raw_request
 from test_upstream_wsgi import Collector, Front, Served, header, until, within
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 from twisted.internet.task import deferLater
+from twisted.internet.threads import deferToThread
 from twisted.web.client import ResponseFailed
 from twisted.web.iweb import UNKNOWN_LENGTH
 from waitress import wasyncore
@@ -517,22 +519,9 @@ async def test_head_request_passes_through(proxy: Callable[..., Served]) -> None
 
 @pytest_twisted.ensureDeferred
 async def test_a_uri_the_client_agent_refuses_is_a_400(proxy: Callable[..., Served]) -> None:
-    import socket
-
-    from twisted.internet.threads import deferToThread
-
     s = proxy()
-    port = s.port.getHost().port
-
-    def raw() -> bytes:
-        with socket.create_connection(("127.0.0.1", port), timeout=5) as c:
-            # twisted.web's server takes a DEL in the path; Agent refuses it in a URL.
-            c.sendall(b"GET /a\x7fb HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-            reply = b""
-            while chunk := c.recv(4096):
-                reply += chunk
-            return reply
-
-    reply = await deferToThread(raw)
+    # twisted.web's server takes a DEL in the path; Agent refuses it in a URL.
+    request = b"GET /a\x7fb HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    reply = await deferToThread(raw_request, s.port.getHost().port, request)
     assert reply.startswith(b"HTTP/1.1 400")
     assert not s.front.replies
