@@ -531,16 +531,21 @@ async def test_slow_app_is_a_504(serve: Callable[..., Served], log_events: list[
     await until(lambda: s.upstream.active == 0, what="call finished")
 
 
-@pytest_twisted.ensureDeferred
-async def test_stop_releases_a_waiting_request(serve: Callable[..., Served]) -> None:
-    release = threading.Event()
+def answers_once_released(release: threading.Event) -> Any:
+    """A WSGI app that holds its pool thread until ``release`` is set, then answers 200."""
 
     def application(environ: dict[str, Any], start_response: Any) -> Any:
         release.wait(WAIT)
         start_response("200 OK", [])
         return [b"late"]
 
-    s = serve(application)
+    return application
+
+
+@pytest_twisted.ensureDeferred
+async def test_stop_releases_a_waiting_request(serve: Callable[..., Served]) -> None:
+    release = threading.Event()
+    s = serve(answers_once_released(release))
     pending = Deferred.fromCoroutine(s.request("GET", "/"))
     await until(lambda: s.upstream.active == 1, what="request in the app")
     stopped = s.upstream.stop()
@@ -578,13 +583,7 @@ async def test_a_request_that_timed_out_in_the_queue_never_runs(serve: Callable[
 @pytest_twisted.ensureDeferred
 async def test_stop_waits_for_app_code_only_so_long(serve: Callable[..., Served]) -> None:
     release = threading.Event()
-
-    def application(environ: dict[str, Any], start_response: Any) -> Any:
-        release.wait(WAIT)
-        start_response("200 OK", [])
-        return [b"late"]
-
-    s = serve(application)
+    s = serve(answers_once_released(release))
     pending = Deferred.fromCoroutine(s.request("GET", "/"))
     await until(lambda: s.upstream.active == 1, what="request in the app")
     started = time.monotonic()
