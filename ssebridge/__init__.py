@@ -37,27 +37,27 @@ __all__ = [
 ]
 
 _WHERE = {
-    "Bridge": "ssebridge.web",
-    "BridgeService": "ssebridge.service",
-    "ChannelResource": "ssebridge.stream",
-    "Config": "ssebridge.config",
-    "ConfigError": "ssebridge.config",
-    "Hub": "ssebridge.hub",
-    "RedisServer": "ssebridge.redisaddr",
-    "default_config": "ssebridge.config",
-    "load_config": "ssebridge.config",
-    "parse_server": "ssebridge.redisaddr",
-    "redis_hub": "ssebridge.transport",
+    "Bridge": "ssebridge.http.router",
+    "BridgeService": "ssebridge.runtime.service",
+    "ChannelResource": "ssebridge.http.stream",
+    "Config": "ssebridge.config.model",
+    "ConfigError": "ssebridge.config.model",
+    "Hub": "ssebridge.hub.channels",
+    "RedisServer": "ssebridge.redis.address",
+    "default_config": "ssebridge.config.model",
+    "load_config": "ssebridge.config.model",
+    "parse_server": "ssebridge.redis.address",
+    "redis_hub": "ssebridge.redis.pubsub",
 }
 
 if TYPE_CHECKING:
-    from ssebridge.config import Config, ConfigError, default_config, load_config
-    from ssebridge.hub import Hub
-    from ssebridge.redisaddr import RedisServer, parse_server
-    from ssebridge.service import BridgeService
-    from ssebridge.stream import ChannelResource
-    from ssebridge.transport import redis_hub
-    from ssebridge.web import Bridge
+    from ssebridge.config.model import Config, ConfigError, default_config, load_config
+    from ssebridge.http.router import Bridge
+    from ssebridge.http.stream import ChannelResource
+    from ssebridge.hub.channels import Hub
+    from ssebridge.redis.address import RedisServer, parse_server
+    from ssebridge.redis.pubsub import redis_hub
+    from ssebridge.runtime.service import BridgeService
 
 
 def __getattr__(name: str) -> Any:

@@ -10,8 +10,8 @@ import pytest
 import pytest_twisted
 from twisted.internet import reactor
 
-from ssebridge.config import load_config
-from ssebridge.service import BridgeService
+from ssebridge.config.model import load_config
+from ssebridge.runtime.service import BridgeService
 from ssebridge.testing import RedisProcess, free_port
 
 HERE = Path(__file__).resolve().parent

@@ -16,7 +16,7 @@ from helpers import port_of, stop_process, wait_port
 from twisted.internet import reactor
 from twisted.web.client import HTTPConnectionPool
 
-from ssebridge.config import load_config
+from ssebridge.config.model import load_config
 from ssebridge.testing import RedisProcess, connect_sse, free_port
 
 HERE = Path(__file__).resolve().parent

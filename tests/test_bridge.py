@@ -17,8 +17,8 @@ from twisted.internet.threads import deferToThread
 from twisted.logger import formatEvent, globalLogPublisher
 from twisted.web.client import HTTPConnectionPool
 
-from ssebridge.config import MuleSpec, default_config
-from ssebridge.service import BridgeService
+from ssebridge.config.model import MuleSpec, default_config
+from ssebridge.runtime.service import BridgeService
 from ssebridge.testing import RedisProcess, connect_sse, free_port, redis_pipeline
 
 

@@ -11,11 +11,11 @@ from twisted.internet.task import deferLater
 from twisted.web.resource import Resource
 from twisted.web.server import Site
 
-from ssebridge.hub import Hub
-from ssebridge.redisaddr import RedisServer
-from ssebridge.stream import ChannelResource
+from ssebridge.http.stream import ChannelResource
+from ssebridge.hub.channels import Hub
+from ssebridge.redis.address import RedisServer
+from ssebridge.redis.pubsub import redis_transport_factory
 from ssebridge.testing import RedisProcess, connect_sse, redis_pipeline
-from ssebridge.transport import redis_transport_factory
 
 
 async def until(predicate: Any, timeout: float = 5.0) -> None:

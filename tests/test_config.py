@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import ssebridge
-from ssebridge.config import (
+from ssebridge.config.model import (
     SETTINGS,
     Config,
     ConfigError,
@@ -26,8 +26,8 @@ from ssebridge.config import (
     listen_endpoint,
     load_config,
 )
-from ssebridge.redisaddr import DEFAULT_SERVER, RedisServer
-from ssebridge.routing import Resolved, parse_rule, resolve_request, resolve_response
+from ssebridge.redis.address import DEFAULT_SERVER, RedisServer
+from ssebridge.routing.rules import Resolved, parse_rule, resolve_request, resolve_response
 
 
 @pytest.fixture(autouse=True)
@@ -771,7 +771,7 @@ def test_error_messages_name_the_key(tmp_path: Path) -> None:
 
 
 def test_check_lists_every_problem_with_its_line(tmp_path: Path) -> None:
-    from ssebridge.config import check_config
+    from ssebridge.config.model import check_config
 
     ini = tmp_path / "many.ini"
     ini.write_text(

@@ -13,12 +13,12 @@ from helpers import sleep, until
 from twisted.internet import reactor
 from twisted.web.resource import Resource
 
-from ssebridge.httpchannel import BridgeSite
-from ssebridge.hub import Hub
-from ssebridge.redisaddr import RedisServer
-from ssebridge.stream import ChannelResource
+from ssebridge.http.site import BridgeSite
+from ssebridge.http.stream import ChannelResource
+from ssebridge.hub.channels import Hub
+from ssebridge.redis.address import RedisServer
+from ssebridge.redis.pubsub import redis_transport_factory
 from ssebridge.testing import RedisProcess, connect_sse
-from ssebridge.transport import redis_transport_factory
 
 
 class Fixture:

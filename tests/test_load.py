@@ -15,8 +15,8 @@ import pytest_twisted
 from helpers import sleep, stop_process, twistd, until, wait_port
 from twisted.internet import reactor
 
-from ssebridge.config import load_config
-from ssebridge.service import BridgeService
+from ssebridge.config.model import load_config
+from ssebridge.runtime.service import BridgeService
 from ssebridge.testing import RedisProcess, SSEClient, connect_sse, free_port
 
 ROUNDS = 4

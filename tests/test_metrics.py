@@ -11,8 +11,8 @@ from helpers import until
 from twisted.internet import reactor
 from twisted.web.client import HTTPConnectionPool
 
-from ssebridge.config import load_config
-from ssebridge.service import BridgeService
+from ssebridge.config.model import load_config
+from ssebridge.runtime.service import BridgeService
 from ssebridge.testing import RedisProcess, connect_sse, free_port
 
 

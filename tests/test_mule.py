@@ -24,8 +24,8 @@ from twisted.logger import ILogObserver, LogEvent, formatEvent, globalLogPublish
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from ssebridge.config import MuleSpec
-from ssebridge.mule import MuleReactor, MuleService, backoff_delay
+from ssebridge.config.model import MuleSpec
+from ssebridge.runtime.mules import MuleReactor, MuleService, backoff_delay
 
 TIMEOUT = 10.0
 
@@ -39,7 +39,7 @@ class _Events:
         self.events: list[LogEvent] = []
 
     def __call__(self, event: LogEvent) -> None:
-        if event.get("log_namespace") == "ssebridge.mule":
+        if event.get("log_namespace") == "ssebridge.runtime.mules":
             self.events.append(event)
 
     def texts(self) -> list[str]:

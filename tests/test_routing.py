@@ -10,8 +10,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from ssebridge.redisaddr import DEFAULT_SERVER, RedisServer, parse_server
-from ssebridge.routing import (
+from ssebridge.redis.address import DEFAULT_SERVER, RedisServer, parse_server
+from ssebridge.routing.rules import (
     MAX_CHANNEL_LENGTH,
     Action,
     Condition,

@@ -27,8 +27,8 @@ from twisted.web.client import HTTPConnectionPool
 from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 
-from ssebridge.config import StaticMap
-from ssebridge.static import (
+from ssebridge.config.model import StaticMap
+from ssebridge.http.static import (
     ForbiddenPath,
     MalformedPath,
     StaticFiles,

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from helpers import REPO, TWISTD
 
-from ssebridge.sdnotify import notify
+from ssebridge.runtime.sdnotify import notify
 from ssebridge.testing import RedisProcess, free_port
 
 

@@ -28,10 +28,10 @@ from twisted.web.client import ResponseFailed
 from twisted.web.iweb import UNKNOWN_LENGTH
 from waitress import wasyncore
 
-from ssebridge.proxy import HTTPUpstream
 from ssebridge.testing import free_port
-from ssebridge.upstream import HeaderRules, strip_hop_by_hop
-from ssebridge.wsgi import load_wsgi_file
+from ssebridge.upstream.base import HeaderRules, strip_hop_by_hop
+from ssebridge.upstream.proxy import HTTPUpstream
+from ssebridge.upstream.wsgi import load_wsgi_file
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 MiB = 1024 * 1024

@@ -31,9 +31,9 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 from zope.interface import provider
 
-from ssebridge import uwsgi_compat
-from ssebridge.upstream import UpstreamError, UpstreamReply
-from ssebridge.wsgi import (
+from ssebridge.upstream import uwsgi_compat
+from ssebridge.upstream.base import UpstreamError, UpstreamReply
+from ssebridge.upstream.wsgi import (
     WSGIUpstream,
     build_environ,
     load_wsgi_file,

@@ -6,7 +6,7 @@ import socket
 
 import pytest
 
-from ssebridge.workers import FIRST_FD, parse_listen, per_worker_endpoint, resolve_workers
+from ssebridge.runtime.pool import FIRST_FD, parse_listen, per_worker_endpoint, resolve_workers
 
 
 @pytest.mark.parametrize(

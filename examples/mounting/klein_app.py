@@ -15,7 +15,7 @@ from klein import Klein
 from twisted.web.server import Request
 
 from ssebridge import Bridge, ChannelResource, parse_server, redis_hub
-from ssebridge.routing import parse_rule
+from ssebridge.routing.rules import parse_rule
 
 
 def build_app(redis: str = "127.0.0.1:6379") -> tuple[Klein, object]:

@@ -16,7 +16,7 @@ from twisted.web.server import Site
 from twisted.web.static import Data
 
 from ssebridge import Bridge, ChannelResource, parse_server, redis_hub
-from ssebridge.routing import parse_rule
+from ssebridge.routing.rules import parse_rule
 
 
 def build_site(redis: str = "127.0.0.1:6379") -> tuple[Site, object]:

@@ -27,7 +27,7 @@ class ServiceMaker:
     options = Options
 
     def makeService(self, options: Any) -> Any:
-        from ssebridge.cli import make_service
+        from ssebridge.runtime.cli import make_service
 
         return make_service(options)
 

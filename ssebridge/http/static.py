@@ -39,7 +39,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import Request
 from twisted.web.static import File
 
-from ssebridge.config import StaticMap
+from ssebridge.config.model import StaticMap
 
 __all__ = [
     "CONTENT_TYPES",

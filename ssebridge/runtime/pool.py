@@ -26,10 +26,10 @@ from twisted.internet.protocol import ProcessProtocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from ssebridge.config import Config
-from ssebridge.mule import backoff_delay
-from ssebridge.sdnotify import notify
-from ssebridge.worker import EXIT_CANNOT_START
+from ssebridge.config.model import Config
+from ssebridge.runtime.mules import backoff_delay
+from ssebridge.runtime.sdnotify import notify
+from ssebridge.runtime.worker import EXIT_CANNOT_START
 
 log = Logger()
 
@@ -154,7 +154,7 @@ class WorkerPool(MultiService):
         self.failures: dict[int, int] = {}
         self.started_at: dict[int, float] = {}
         self.stopping = False
-        from ssebridge.mule import MuleService
+        from ssebridge.runtime.mules import MuleService
 
         for spec in config.mules:
             MuleService(spec).setServiceParent(self)  # type: ignore[no-untyped-call]
@@ -204,7 +204,7 @@ class WorkerPool(MultiService):
         argv = [
             sys.executable,
             "-m",
-            "ssebridge.worker",
+            "ssebridge.runtime.worker",
             "--index",
             str(index),
             "--families",
@@ -245,7 +245,7 @@ class WorkerPool(MultiService):
 
     def fail_to_start(self) -> None:
         # service imports this module: import it here.
-        from ssebridge.service import stop_and_exit
+        from ssebridge.runtime.service import stop_and_exit
 
         stop_and_exit(self.reactor, 1)
 

@@ -1,4 +1,4 @@
-"""A worker process of a ``workers = N`` pool: ``python -m ssebridge.worker`` (started by the parent)."""
+"""A worker process of a ``workers = N`` pool: ``python -m ssebridge.runtime.worker`` (run by the parent)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import sys
 
 from twisted.logger import Logger, globalLogBeginner
 
-from ssebridge.config import ConfigError, default_config, load_config
+from ssebridge.config.model import ConfigError, default_config, load_config
 from ssebridge.logs import inherited_observer
 
 log = Logger()
@@ -35,7 +35,7 @@ def die_with_parent(parent: int) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="ssebridge.worker")
+    parser = argparse.ArgumentParser(prog="ssebridge.runtime.worker")
     parser.add_argument("--config")
     parser.add_argument("--index", type=int, default=0)
     parser.add_argument("--families", default="")
@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from twisted.internet import reactor
 
-    from ssebridge.service import BridgeService
+    from ssebridge.runtime.service import BridgeService
 
     globalLogBeginner.beginLoggingTo([inherited_observer()], redirectStandardIO=False)
     try:

@@ -30,7 +30,7 @@ import tomllib
 from collections.abc import Mapping
 from typing import Any
 
-from ssebridge.config import (
+from ssebridge.config.model import (
     SETTINGS_BY_TOML,
     ConfigBuilder,
     listen_endpoint,
@@ -40,7 +40,7 @@ from ssebridge.config import (
     static_map,
     type_name,
 )
-from ssebridge.routing import Action, RuleError, RuleKind, make_rule, parse_action
+from ssebridge.routing.rules import Action, RuleError, RuleKind, make_rule, parse_action
 
 __all__ = ["ACTION_FIELDS", "MATCH_KEYS", "parse"]
 

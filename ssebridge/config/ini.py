@@ -19,7 +19,7 @@ import re
 from collections.abc import Callable
 from pathlib import Path
 
-from ssebridge.config import (
+from ssebridge.config.model import (
     SETTINGS_BY_INI,
     ConfigBuilder,
     listen_endpoint,
@@ -27,7 +27,7 @@ from ssebridge.config import (
     setting_from_text,
     static_map,
 )
-from ssebridge.routing import RULE_KINDS, RuleError, RuleKind, with_allow
+from ssebridge.routing.rules import RULE_KINDS, RuleError, RuleKind, with_allow
 
 __all__ = ["IGNORED_KEYS", "LISTEN_KEYS", "parse"]
 

@@ -39,7 +39,7 @@ from twisted.web.iweb import IResponse
 from twisted.web.server import Request
 from zope.interface import implementer
 
-from ssebridge.upstream import (
+from ssebridge.upstream.base import (
     DelayedCall,
     HeaderRules,
     Timers,

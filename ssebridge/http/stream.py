@@ -22,8 +22,8 @@ from twisted.web.server import NOT_DONE_YET, Request
 from zope.interface import implementer
 
 from ssebridge import frames
-from ssebridge.hub import Hub
-from ssebridge.routing import RefusedChannel, check_channel
+from ssebridge.hub.channels import Hub
+from ssebridge.routing.rules import RefusedChannel, check_channel
 
 log = Logger()
 

@@ -39,8 +39,8 @@ from twisted.python.threadpool import ThreadPool
 from twisted.web.server import Request
 from zope.interface import implementer
 
-from ssebridge import uwsgi_compat
-from ssebridge.upstream import (
+from ssebridge.upstream import uwsgi_compat
+from ssebridge.upstream.base import (
     DelayedCall,
     HeaderRules,
     ThreadedTimers,
@@ -63,7 +63,7 @@ __all__ = [
 ]
 
 log = Logger()
-app_log = Logger(namespace="ssebridge.wsgi.app")
+app_log = Logger(namespace="ssebridge.upstream.wsgi.app")
 
 #: The response header the router honours with no rules configured.
 OFFLOAD_HEADER = "X-SSE-Offload"

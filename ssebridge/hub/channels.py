@@ -18,7 +18,7 @@ from twisted.internet.defer import Deferred, gatherResults, succeed
 from twisted.logger import Logger
 
 from ssebridge.frames import encode_batch, encode_raw
-from ssebridge.stats import Stats
+from ssebridge.hub.stats import Stats
 
 log = Logger()
 

@@ -9,8 +9,8 @@ from wsgiref.types import WSGIApplication
 
 from twisted.python.threadpool import ThreadPool
 
-from ssebridge.config import Config
-from ssebridge.upstream import Upstream
+from ssebridge.config.model import Config
+from ssebridge.upstream.base import Upstream
 
 
 def build_upstream(config: Config, reactor: Any) -> Upstream | None:
@@ -22,13 +22,13 @@ def build_upstream(config: Config, reactor: Any) -> Upstream | None:
         "forwarded": config.forwarded,
     }
     if config.proxy:
-        from ssebridge.proxy import HTTPUpstream
+        from ssebridge.upstream.proxy import HTTPUpstream
 
         return HTTPUpstream(config.proxy, reactor, **common)
     app = load_app(config)
     if app is None:
         return None
-    from ssebridge.wsgi import WSGIUpstream
+    from ssebridge.upstream.wsgi import WSGIUpstream
 
     pool = ThreadPool(minthreads=1, maxthreads=config.threads, name="ssebridge-wsgi")
     return WSGIUpstream(app, reactor, pool, **common)
@@ -39,7 +39,7 @@ def load_app(config: Config) -> WSGIApplication | None:
     cannot load. A worker pool's parent calls it too, to refuse a broken app before any worker starts."""
     if config.wsgi_file is None and not config.wsgi_module:
         return None
-    from ssebridge.wsgi import load_wsgi_file, load_wsgi_module
+    from ssebridge.upstream.wsgi import load_wsgi_file, load_wsgi_module
 
     if config.wsgi_file is not None:
         return load_wsgi_file(config.wsgi_file)

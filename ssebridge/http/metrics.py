@@ -16,7 +16,7 @@ from prometheus_client.registry import Collector
 from twisted.web.resource import Resource
 from twisted.web.server import Request
 
-from ssebridge.hub import Hub
+from ssebridge.hub.channels import Hub
 
 CONTENT_TYPE = b"text/plain; version=0.0.4; charset=utf-8"
 

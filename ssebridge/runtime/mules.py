@@ -25,7 +25,7 @@ from twisted.internet.protocol import ProcessProtocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from ssebridge.config import MuleSpec
+from ssebridge.config.model import MuleSpec
 
 __all__ = ["MuleReactor", "MuleService", "backoff_delay"]
 

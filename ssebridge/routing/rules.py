@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from typing import Literal, get_args
 from urllib.parse import parse_qsl
 
-from ssebridge.redisaddr import RedisServer, parse_server
+from ssebridge.redis.address import RedisServer, parse_server
 
 __all__ = [
     "CONDITIONS",

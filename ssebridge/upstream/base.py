@@ -6,7 +6,8 @@ A request that no routing rule takes is forwarded to the upstream. Its answer co
 ``X-SSE-Offload`` header, whether the connection becomes a stream (the body is dropped) or the reply
 passes through to the client as the app wrote it.
 
-The two implementations live in ``ssebridge.wsgi`` (``WSGIUpstream``) and ``ssebridge.proxy``
+The two implementations live in ``ssebridge.upstream.wsgi`` (``WSGIUpstream``) and
+``ssebridge.upstream.proxy``
 (``HTTPUpstream``). What they share is here: the reply, the header rules (``HeaderRules``: collect and
 pull), hop-by-hop filtering, and taking the request body away from Twisted (``detach_body``).
 """

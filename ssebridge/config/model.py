@@ -3,7 +3,8 @@
 Both syntaxes parse into one frozen ``Config``. Every error carries its file and line, so the service
 can exit with one clear line. Nothing else in ssebridge reads configuration files.
 
-The two parsers (``ssebridge._ini``, ``ssebridge._toml``) only read their syntax; what a value means is
+The two parsers (``ssebridge.config.ini``, ``ssebridge.config.toml``) only read their syntax; what a
+value means is
 decided here, once for both: ``SETTINGS`` is the table of scalar keys (adding a key is one entry
 there plus a ``Config`` field), and ``listen_endpoint``, ``mule_from_script``, ``mule_from_command``
 and ``static_map`` turn the structured values into their model objects. A parser feeds a
@@ -21,8 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from ssebridge.redisaddr import DEFAULT_SERVER, RedisServer, parse_server
-from ssebridge.routing import Rule, RuleError, RuleKind, parse_rule
+from ssebridge.redis.address import DEFAULT_SERVER, RedisServer, parse_server
+from ssebridge.routing.rules import Rule, RuleError, RuleKind, parse_rule
 
 __all__ = [
     "DEFAULT_LISTEN",
@@ -651,8 +652,8 @@ def load_config(path: str | Path) -> Config:
 
 def _parse(path: str | Path, collecting: bool = False) -> ConfigBuilder:
     # The parsers import this module for the model and the shared helpers, so they are imported here.
-    from ssebridge._ini import parse as parse_ini
-    from ssebridge._toml import parse as parse_toml
+    from ssebridge.config.ini import parse as parse_ini
+    from ssebridge.config.toml import parse as parse_toml
 
     file = str(path)
     p = Path(path)
@@ -682,6 +683,6 @@ def default_config() -> Config:
             parse_rule("route", r"^/events/(?P<channel>[A-Za-z0-9._:-]+)$ sse:${channel}"),
             parse_rule("route", "^/whattimeisit$ sse:clock"),
         ),
-        static_maps=(StaticMap("/clock", Path(__file__).parent / "assets" / "clock.html"),),
+        static_maps=(StaticMap("/clock", Path(__file__).parent.parent / "assets" / "clock.html"),),
         mules=(MuleSpec((sys.executable, "-m", "ssebridge.clock", "--channel", "clock")),),
     )

@@ -21,14 +21,14 @@ from twisted.internet.interfaces import IListeningPort
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from ssebridge.config import Config
-from ssebridge.httpchannel import BridgeSite
-from ssebridge.hub import Hub
-from ssebridge.sdnotify import notify
-from ssebridge.transport import redis_transport_factory
-from ssebridge.upstreams import build_upstream
-from ssebridge.web import Bridge
-from ssebridge.workers import adopt_listeners, per_worker_endpoint
+from ssebridge.config.model import Config
+from ssebridge.http.router import Bridge
+from ssebridge.http.site import BridgeSite
+from ssebridge.hub.channels import Hub
+from ssebridge.redis.pubsub import redis_transport_factory
+from ssebridge.runtime.pool import adopt_listeners, per_worker_endpoint
+from ssebridge.runtime.sdnotify import notify
+from ssebridge.upstream.factory import build_upstream
 
 log = Logger()
 
@@ -122,14 +122,14 @@ class BridgeService(MultiService):
         )
         self.metrics_site: BridgeSite | None = None
         if config.metrics_path:
-            from ssebridge.metrics import HealthResource, MetricsResource
+            from ssebridge.http.metrics import HealthResource, MetricsResource
 
             base = config.metrics_path.rsplit("/", 1)[0]
             self.bridge.fixed[config.metrics_path] = MetricsResource(self.hub, self.open_streams)
             self.bridge.fixed[base + "/livez"] = HealthResource(self.hub, readiness=False)
             self.bridge.fixed[base + "/readyz"] = HealthResource(self.hub, readiness=True)
         if config.metrics_listen:
-            from ssebridge.metrics import operations_resource
+            from ssebridge.http.metrics import operations_resource
 
             self.metrics_site = BridgeSite(operations_resource(self.hub, self.open_streams))
         self.ports: list[IListeningPort] = []
@@ -139,7 +139,7 @@ class BridgeService(MultiService):
         #: Set when starting failed (the process then exits with status 1).
         self.start_failed = False
         if run_mules:
-            from ssebridge.mule import MuleService
+            from ssebridge.runtime.mules import MuleService
 
             for spec in config.mules:
                 MuleService(spec).setServiceParent(self)  # type: ignore[no-untyped-call]

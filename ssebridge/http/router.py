@@ -23,10 +23,12 @@ from twisted.web.server import NOT_DONE_YET, Request
 from werkzeug.routing import BaseConverter
 
 from ssebridge import frames
-from ssebridge.config import StaticMap
-from ssebridge.hub import Hub
-from ssebridge.redisaddr import DEFAULT_SERVER, RedisServer
-from ssebridge.routing import (
+from ssebridge.config.model import StaticMap
+from ssebridge.http.static import static_resource_for
+from ssebridge.http.stream import DEFAULT_MAX_BUFFER, Stream, attach_stream
+from ssebridge.hub.channels import Hub
+from ssebridge.redis.address import DEFAULT_SERVER, RedisServer
+from ssebridge.routing.rules import (
     Action,
     RefusedChannel,
     Resolved,
@@ -35,9 +37,7 @@ from ssebridge.routing import (
     resolve_request,
     resolve_response,
 )
-from ssebridge.static import static_resource_for
-from ssebridge.stream import DEFAULT_MAX_BUFFER, Stream, attach_stream
-from ssebridge.upstream import Upstream, UpstreamError, UpstreamReply
+from ssebridge.upstream.base import Upstream, UpstreamError, UpstreamReply
 
 log = Logger()
 

@@ -2,7 +2,7 @@
 
 Apps written for uwsgi-sse-offload do ``import uwsgi`` and call ``uwsgi.add_var('X-SSE-OFFLOAD',
 'clock')`` to hand the connection to the stream engine. Outside uWSGI there is no such module, so
-``install()`` registers this one as ``uwsgi`` (``ssebridge.wsgi.load_wsgi_file`` and
+``install()`` registers this one as ``uwsgi`` (``ssebridge.upstream.wsgi.load_wsgi_file`` and
 ``load_wsgi_module`` do it before they import an app). Only what such apps need is here:
 ``add_var``, ``opt``, ``version``, ``version_info``, ``numproc``, ``worker_id()``, ``mule_id()``.
 
@@ -11,7 +11,7 @@ and the variables set in it come back with the reply. Outside a request it raise
 since a variable set there would silently land nowhere.
 
 New code does not need this module: answer with a ``X-SSE-Offload: CHANNEL`` response header, or call
-``ssebridge.wsgi.offload(channel)``.
+``ssebridge.upstream.wsgi.offload(channel)``.
 """
 
 from __future__ import annotations

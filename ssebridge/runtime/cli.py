@@ -8,8 +8,8 @@ from typing import Any
 
 from twisted.application.service import Service
 
-from ssebridge.config import ConfigError, check_config, default_config, load_config
-from ssebridge.service import BridgeService
+from ssebridge.config.model import ConfigError, check_config, default_config, load_config
+from ssebridge.runtime.service import BridgeService
 
 
 def make_service(options: Mapping[str, Any]) -> Service:
@@ -26,8 +26,8 @@ def make_service(options: Mapping[str, Any]) -> Service:
         sys.stderr.write(f"ssebridge: {e}\n")
         raise SystemExit(2) from None
     if config.workers > 1:
-        from ssebridge.upstreams import load_app
-        from ssebridge.workers import WorkerPool
+        from ssebridge.runtime.pool import WorkerPool
+        from ssebridge.upstream.factory import load_app
 
         try:
             # Each worker loads the app itself; loading it here first refuses a broken one with one
@@ -60,7 +60,7 @@ def check(path: str | None) -> int:
     for warning in config.warnings:
         sys.stdout.write(f"ssebridge: warning: {warning}\n")
     if config.workers > 1:
-        from ssebridge.workers import parse_listen
+        from ssebridge.runtime.pool import parse_listen
 
         for description in config.listen:
             try:

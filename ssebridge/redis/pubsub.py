@@ -20,8 +20,8 @@ from twisted.internet.ssl import optionsForClientTLS
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
-from ssebridge.hub import ChannelGroup, Hub
-from ssebridge.redisaddr import RedisServer
+from ssebridge.hub.channels import ChannelGroup, Hub
+from ssebridge.redis.address import RedisServer
 
 log = Logger()
 
