@@ -1,12 +1,13 @@
 """The demo publisher: the seed's ``clock.pl``, publishing the unix time to a Redis channel.
 
 Run it as ``python -m ssebridge.clock [--server 127.0.0.1:6379] [--channel clock] [--interval 1.0]``
-(the default config runs it as a mule). Every ``interval`` seconds it sends
-``PUBLISH <channel> <int(time.time())>`` and reads the integer reply (how many subscribers got it).
+(the default config runs it as a mule). Every ``interval`` seconds it sends ``PUBLISH <channel>
+<int(time.time())>`` and reads the integer reply (how many subscribers got it).
 
-Standard library only, on purpose: a mule should start in a bare interpreter, and the protocol
-needed is two lines of RESP over a socket. If Redis is away it reconnects with a capped, jittered
-backoff; SIGTERM and SIGINT make it close the connection and exit 0.
+Standard library only (with ssebridge's own Twisted-free ``redis.resp`` encoder), on purpose: a mule
+should start in a bare interpreter, and the protocol needed is two lines of RESP over a socket. If Redis
+is away it reconnects with a capped, jittered backoff; SIGTERM and SIGINT make it close the connection
+and exit 0.
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from types import FrameType
+
+from ssebridge.redis.resp import encode_command
 
 __all__ = [
     "ClockAddress",
@@ -117,14 +120,6 @@ def parse_address(text: str) -> ClockAddress:
         username=server.username,
         password=server.password,
     )
-
-
-def encode_command(*parts: bytes) -> bytes:
-    """A RESP array of bulk strings: ``*3\\r\\n$7\\r\\nPUBLISH\\r\\n...``."""
-    out = [b"*%d\r\n" % len(parts)]
-    for part in parts:
-        out.append(b"$%d\r\n%s\r\n" % (len(part), part))
-    return b"".join(out)
 
 
 def _read_line(sock: socket.socket, buffer: bytearray) -> bytes:

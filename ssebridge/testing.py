@@ -8,7 +8,6 @@ free port (and a unix socket), ``redis_command`` speaks RESP to it without a cli
 
 from __future__ import annotations
 
-import os
 import shutil
 import signal
 import socket
@@ -23,6 +22,8 @@ from twisted.internet.defer import Deferred
 from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
 
+from ssebridge.redis.resp import encode_command
+
 
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that was free a moment ago."""
@@ -33,14 +34,6 @@ def free_port() -> int:
 
 
 # --- RESP, blocking: for tests and tools, never inside the service ---------------------------------
-
-
-def _encode(args: tuple[bytes | str | int, ...]) -> bytes:
-    out = [b"*%d\r\n" % len(args)]
-    for a in args:
-        b = a if isinstance(a, bytes) else str(a).encode()
-        out.append(b"$%d\r\n%s\r\n" % (len(b), b))
-    return b"".join(out)
 
 
 class RespError(Exception):
@@ -83,7 +76,7 @@ def redis_pipeline(
     with socket.socket(family, socket.SOCK_STREAM) as s:
         s.settimeout(timeout)
         s.connect(address)
-        s.sendall(b"".join(_encode(c) for c in commands))
+        s.sendall(b"".join(encode_command(*c) for c in commands))
         f = s.makefile("rb")
         return [_read_reply(f) for _ in commands]
 
@@ -418,9 +411,3 @@ async def connect_sse(
         await client.headers_received.addTimeout(timeout, reactor)
     return client
 
-
-def environ_with(**changes: str) -> dict[str, str]:
-    """A copy of ``os.environ`` with changes: for starting a child that must see the repo's code."""
-    env = dict(os.environ)
-    env.update(changes)
-    return env

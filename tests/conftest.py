@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -13,10 +13,7 @@ from twisted.internet import reactor
 from ssebridge.config.model import load_config
 from ssebridge.runtime.service import BridgeService
 from ssebridge.testing import RedisProcess, free_port
-
-HERE = Path(__file__).resolve().parent
-#: ``await run_bridge(ini_text, directory=tmp_path)``: a started in-process bridge.
-RunBridge = Callable[..., Awaitable[BridgeService]]
+from tests.helpers import APPS, RunBridge
 
 
 @pytest.fixture
@@ -55,7 +52,7 @@ async def run_bridge(tmp_path: Path, redis: RedisProcess) -> AsyncIterator[RunBr
                 port=free_port(),
                 redis=f"127.0.0.1:{redis.port}",
                 sock=redis.unix_socket,
-                apps=HERE / "apps",
+                apps=APPS,
             )
         )
         service = BridgeService(load_config(path))

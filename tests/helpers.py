@@ -1,19 +1,35 @@
-"""Small waiting helpers shared by the integration tests."""
+"""What the tests share: paths, waiting helpers, the bridge as a subprocess, raw HTTP.
+
+Import it as ``tests.helpers`` (``tests`` is a package, so every tier finds it the same way)."""
 
 from __future__ import annotations
 
+import io
 import os
 import signal
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 from twisted.internet import reactor
+from twisted.internet.defer import Deferred
+from twisted.internet.protocol import Protocol
 from twisted.internet.task import deferLater
+from twisted.python.failure import Failure
+from twisted.web.client import Agent, FileBodyProducer, HTTPConnectionPool, ResponseDone
+from twisted.web.http_headers import Headers
+from twisted.web.iweb import IResponse
+from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET, Request, Site
+
+from ssebridge.upstream.base import UpstreamError, UpstreamReply
+
+#: ``await run_bridge(ini_text, directory=tmp_path)``: a started in-process bridge (a conftest fixture).
+RunBridge = Callable[..., Awaitable[Any]]
 
 
 async def sleep(seconds: float) -> None:
@@ -33,6 +49,10 @@ async def until(predicate: Callable[[], object], timeout: float = 10.0, what: st
 # --- the bridge as a subprocess -------------------------------------------------------------------
 
 REPO = Path(__file__).resolve().parent.parent
+TESTS = REPO / "tests"
+#: Test apps (WSGI files) the tests load.
+APPS = TESTS / "apps"
+EXAMPLES = REPO / "examples"
 #: ``twistd`` run by this interpreter (``python -m twisted`` is the other runner, ``twist``).
 TWISTD = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()"]
 
@@ -99,3 +119,140 @@ def raw_request(port: int, data: bytes) -> bytes:
 def port_of(service: Any) -> int:
     """The TCP port a started ``BridgeService`` listens on first."""
     return int(service.ports[0].getHost().port)
+
+
+# --- a front for upstream tests: a plain twisted.web Site that forwards to an Upstream ---------------
+
+WAIT = 10.0
+
+
+
+
+class Front(Resource):
+    """A stand-in router: forwards every request and writes the reply (or its offload) back."""
+
+    isLeaf = True
+
+    def __init__(self, upstream: Any) -> None:
+        super().__init__()
+        self.upstream = upstream
+        self.replies: list[UpstreamReply] = []
+        self.errors: list[UpstreamError] = []
+
+    def render(self, request: Request) -> Any:
+        d = self.upstream.forward(request, {})
+        d.addCallbacks(self._reply, self._error, callbackArgs=(request,), errbackArgs=(request,))
+        return NOT_DONE_YET
+
+    def _reply(self, reply: UpstreamReply, request: Request) -> None:
+        self.replies.append(reply)
+        if request._disconnected:
+            reply.discard_body()
+            return
+        channel = reply.variables.get("X-SSE-OFFLOAD")
+        for name, value in reply.headers:
+            if name.lower() == b"x-sse-offload":
+                channel = value.decode()
+        if channel:
+            reply.discard_body()
+            request.setResponseCode(200)
+            for name, value in reply.headers:
+                if name.lower() not in (b"content-length", b"x-sse-offload"):
+                    request.responseHeaders.addRawHeader(name, value)
+            request.setHeader(b"X-Offloaded-To", channel.encode())
+            request.finish()
+            return
+        request.setResponseCode(reply.status, reply.reason or None)
+        for name, value in reply.headers:
+            request.responseHeaders.addRawHeader(name, value)
+        reply.send_body(request).addBoth(lambda _: _finish(request))
+
+    def _error(self, failure: Failure, request: Request) -> None:
+        failure.trap(UpstreamError)
+        error = failure.value
+        assert isinstance(error, UpstreamError)
+        self.errors.append(error)
+        if not request._disconnected:
+            request.setResponseCode(error.code)
+            request.setHeader(b"Content-Type", b"text/plain")
+            request.write(error.text.encode())
+            request.finish()
+
+
+def _finish(request: Request) -> None:
+    if not request.finished and not request._disconnected:
+        request.finish()
+
+
+class Served:
+    """A Front on a loopback port, and a client with its own pool."""
+
+    def __init__(self, upstream: Any) -> None:
+        self.upstream = upstream
+        self.front = Front(upstream)
+        self.site = Site(self.front)
+        self.port: Any = reactor.listenTCP(0, self.site, interface="127.0.0.1")  # type: ignore[arg-type]
+        self.url = f"http://127.0.0.1:{self.port.getHost().port}"
+        self.pool = HTTPConnectionPool(reactor, persistent=False)
+        self.agent = Agent(reactor, pool=self.pool)
+
+    async def request(
+        self, method: str, path: str, headers: dict[str, list[str]] | None = None, body: bytes | None = None
+    ) -> tuple[IResponse, bytes]:
+        response = await self.start(method, path, headers, body)
+        collector = Collector()
+        response.deliverBody(collector)
+        data = await within(collector.done)
+        return response, data
+
+    async def start(
+        self, method: str, path: str, headers: dict[str, list[str]] | None = None, body: bytes | None = None
+    ) -> IResponse:
+        producer = FileBodyProducer(io.BytesIO(body)) if body is not None else None
+        raw = Headers({k: v for k, v in (headers or {}).items()})
+        d = self.agent.request(method.encode(), (self.url + path).encode(), raw, producer)
+        response: IResponse = await within(d)
+        return response
+
+    async def close(self) -> None:
+        await within(Deferred.fromCoroutine(_maybe(self.port.stopListening())))
+        await within(self.pool.closeCachedConnections())
+        await within(self.upstream.stop())
+
+
+async def _maybe(d: Any) -> None:
+    if d is not None:
+        await d
+
+
+class Collector(Protocol):
+    """A response body, chunk by chunk; ``done`` fires with all of it (or fails if it broke off)."""
+
+    def __init__(self, on_data: Callable[[bytes], None] | None = None) -> None:
+        self.chunks: list[bytes] = []
+        self.done: Deferred[bytes] = Deferred()
+        self.on_data = on_data
+
+    def dataReceived(self, data: bytes) -> None:
+        self.chunks.append(data)
+        if self.on_data is not None:
+            self.on_data(data)
+
+    def connectionLost(self, reason: Failure) -> None:  # type: ignore[override]
+        if reason.check(ResponseDone):
+            self.done.callback(b"".join(self.chunks))
+        else:
+            self.done.errback(reason)
+
+    @property
+    def received(self) -> int:
+        return sum(len(c) for c in self.chunks)
+
+
+async def within(d: Deferred[Any], seconds: float = WAIT) -> Any:
+    return await d.addTimeout(seconds, reactor)
+
+
+def header(response: IResponse, name: str) -> str | None:
+    values = response.headers.getRawHeaders(name.encode())
+    return values[0].decode() if values else None

@@ -4,11 +4,10 @@ Both syntaxes parse into one frozen ``Config``. Every error carries its file and
 can exit with one clear line. Nothing else in ssebridge reads configuration files.
 
 The two parsers (``ssebridge.config.ini``, ``ssebridge.config.toml``) only read their syntax; what a
-value means is
-decided here, once for both: ``SETTINGS`` is the table of scalar keys (adding a key is one entry
-there plus a ``Config`` field), and ``listen_endpoint``, ``mule_from_script``, ``mule_from_command``
-and ``static_map`` turn the structured values into their model objects. A parser feeds a
-``ConfigBuilder``, which remembers where each value came from for the error messages.
+value means is decided here, once for both: ``SETTINGS`` is the table of scalar keys (adding a key is
+one entry there plus a ``Config`` field), and ``listen_endpoint``, ``mule_from_script``,
+``mule_from_command`` and ``static_map`` turn the structured values into their model objects. A parser
+feeds a ``ConfigBuilder``, which remembers where each value came from for the error messages.
 """
 
 from __future__ import annotations

@@ -13,11 +13,11 @@ import subprocess
 from collections.abc import Iterator
 
 import pytest
-from helpers import twistd, wait_port
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ssebridge.testing import RedisProcess, free_port
+from tests.helpers import twistd, wait_port
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,6 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
-from pathlib import Path
 
 import pytest
 
@@ -28,9 +27,10 @@ from ssebridge.clock import (
     read_reply,
 )
 from ssebridge.testing import RedisProcess, free_port
+from tests.helpers import REPO
 
 SpawnClock = Callable[..., "subprocess.Popen[bytes]"]
-REPO = Path(__file__).resolve().parents[1]
+
 TIMEOUT = 10.0
 
 

@@ -12,12 +12,12 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest_twisted
-from helpers import sleep, stop_process, twistd, until, wait_port
 from twisted.internet import reactor
 
 from ssebridge.config.model import load_config
 from ssebridge.runtime.service import BridgeService
 from ssebridge.testing import RedisProcess, SSEClient, connect_sse, free_port
+from tests.helpers import sleep, stop_process, twistd, until, wait_port
 
 ROUNDS = 4
 

@@ -9,7 +9,6 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest_twisted
-from helpers import sleep, until
 from twisted.internet import reactor
 from twisted.web.resource import Resource
 
@@ -19,6 +18,7 @@ from ssebridge.hub.channels import Hub
 from ssebridge.redis.address import RedisServer
 from ssebridge.redis.pubsub import redis_transport_factory
 from ssebridge.testing import RedisProcess, connect_sse
+from tests.helpers import sleep, until
 
 
 class Fixture:

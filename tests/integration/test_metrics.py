@@ -7,13 +7,13 @@ from pathlib import Path
 
 import pytest_twisted
 import treq
-from helpers import until
 from twisted.internet import reactor
 from twisted.web.client import HTTPConnectionPool
 
 from ssebridge.config.model import load_config
 from ssebridge.runtime.service import BridgeService
 from ssebridge.testing import RedisProcess, connect_sse, free_port
+from tests.helpers import until
 
 
 def metric(text: str, name: str) -> float:

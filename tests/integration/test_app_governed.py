@@ -6,21 +6,17 @@ import os
 import subprocess
 import sys
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 import pytest_twisted
 import treq
-from conftest import RunBridge
-from helpers import port_of, stop_process, wait_port
 from twisted.internet import reactor
 from twisted.web.client import HTTPConnectionPool
 
 from ssebridge.config.model import load_config
 from ssebridge.testing import RedisProcess, connect_sse, free_port
+from tests.helpers import EXAMPLES, RunBridge, port_of, stop_process, wait_port
 
-HERE = Path(__file__).resolve().parent
-EXAMPLES = HERE.parent / "examples"
 StartBridge = RunBridge
 
 

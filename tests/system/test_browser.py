@@ -27,11 +27,10 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
-from helpers import REPO, stop_process, twistd, wait_port
 
 from ssebridge.testing import RedisProcess, free_port
+from tests.helpers import EXAMPLES, stop_process, twistd, wait_port
 
-EXAMPLES = REPO / "examples"
 CHROMIUM = os.environ.get("CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
 CHROMEDRIVER = os.environ.get("CHROMEDRIVER") or shutil.which("chromedriver") or "/usr/bin/chromedriver"
 CHROMIUM_ARGS = [

@@ -28,6 +28,7 @@ from ssebridge.config.model import (
 )
 from ssebridge.redis.address import DEFAULT_SERVER, RedisServer
 from ssebridge.routing.rules import Resolved, parse_rule, resolve_request, resolve_response
+from tests.helpers import REPO
 
 
 @pytest.fixture(autouse=True)
@@ -624,7 +625,7 @@ def test_every_setting_is_a_config_field() -> None:
 
 def test_example_config_file_loads() -> None:
     """etc/ssebridge.toml documents the defaults: loading it gives the default settings."""
-    path = Path(__file__).parent.parent / "etc" / "ssebridge.toml"
+    path = REPO / "etc" / "ssebridge.toml"
     config = load_config(path)
     defaults = Config()
     for setting in SETTINGS:

@@ -11,15 +11,12 @@ import json
 import threading
 import time
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 import pytest_twisted
 import waitress
 from flask import Flask, Response, request
-from helpers import raw_request
-from test_upstream_wsgi import Collector, Front, Served, header, until, within
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 from twisted.internet.task import deferLater
@@ -32,8 +29,8 @@ from ssebridge.testing import free_port
 from ssebridge.upstream.base import HeaderRules, strip_hop_by_hop
 from ssebridge.upstream.proxy import HTTPUpstream
 from ssebridge.upstream.wsgi import load_wsgi_file
+from tests.helpers import EXAMPLES, Collector, Front, Served, header, raw_request, until, within
 
-EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 MiB = 1024 * 1024
 
 

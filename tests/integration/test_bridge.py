@@ -10,8 +10,6 @@ from pathlib import Path
 import pytest
 import pytest_twisted
 import treq
-from conftest import RunBridge
-from helpers import port_of, raw_request, until
 from twisted.internet import reactor
 from twisted.internet.threads import deferToThread
 from twisted.logger import formatEvent, globalLogPublisher
@@ -20,6 +18,7 @@ from twisted.web.client import HTTPConnectionPool
 from ssebridge.config.model import MuleSpec, default_config
 from ssebridge.runtime.service import BridgeService
 from ssebridge.testing import RedisProcess, connect_sse, free_port, redis_pipeline
+from tests.helpers import RunBridge, port_of, raw_request, until
 
 
 @pytest_twisted.ensureDeferred

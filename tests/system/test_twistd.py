@@ -12,9 +12,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from helpers import run_twistd, stop_process, twistd, wait_port
 
 from ssebridge.testing import EventStreamParser, RedisProcess, free_port
+from tests.helpers import run_twistd, stop_process, twistd, wait_port
 
 
 def http_get(port: int, path: str, timeout: float = 5.0) -> tuple[int, bytes]:

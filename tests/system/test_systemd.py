@@ -12,10 +12,10 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import REPO, TWISTD
 
 from ssebridge.runtime.sdnotify import notify
 from ssebridge.testing import RedisProcess, free_port
+from tests.helpers import REPO, TWISTD
 
 
 def env() -> dict[str, str]:

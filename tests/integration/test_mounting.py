@@ -5,24 +5,23 @@ from __future__ import annotations
 import importlib.util
 import sys
 from collections.abc import AsyncIterator
-from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 import pytest
 import pytest_twisted
-from helpers import until
 from twisted.internet import reactor
 from twisted.web.server import Site
 
 import ssebridge
 from ssebridge.testing import RedisProcess, connect_sse
+from tests.helpers import EXAMPLES, until
 
-EXAMPLES = Path(__file__).resolve().parent.parent / "examples" / "mounting"
+MOUNTING = EXAMPLES / "mounting"
 
 
 def load(name: str) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(name, EXAMPLES / f"{name}.py")
+    spec = importlib.util.spec_from_file_location(name, MOUNTING / f"{name}.py")
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module
