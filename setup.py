@@ -10,16 +10,24 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.11",
     packages=find_packages(include=["ssebridge", "ssebridge.*"]) + ["twisted.plugins"],
-    package_data={"ssebridge": ["py.typed", "assets/*"], "twisted": ["plugins/ssebridge_plugin.py"]},
+    package_data={
+        "ssebridge": ["py.typed", "assets/*"],
+        "ssebridge.publish": ["*.lua"],
+        "twisted": ["plugins/ssebridge_plugin.py"],
+    },
     include_package_data=True,
     install_requires=[
-        "twisted>=24.3.0",
+        # The hot path uses a few tcp.Connection internals behind ssebridge.http.takeover, which checks
+        # them at import and falls back to plain writes; the range is what its contract test has passed on.
+        "twisted>=24.3.0,<27",
         "txredisapi>=1.6.0",
         "klein>=24.8.0",
         "hiredis>=2.3.0",
         "prometheus_client>=0.20.0",
     ],
     extras_require={
+        # ssebridge.publish.Publisher, for apps that publish events with ids.
+        "publish": ["redis>=5.0"],
         "test": [
             "pytest>=8.0",
             "pytest-twisted>=1.14.3",
@@ -31,6 +39,7 @@ setup(
             "mypy>=1.10",
             "mypy-zope>=1.0.9",
             "ruff>=0.5",
+            "redis>=5.0",
         ],
     },
     entry_points={"console_scripts": []},

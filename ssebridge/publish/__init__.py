@@ -1,0 +1,17 @@
+"""What an app imports to talk to the bridge: Twisted-free, cheap to import from a web worker.
+
+- ``offload_header(channel)`` / ``offload(channel)``: hand the current request over to a stream.
+- ``Publisher(redis_client)``: publish events with ids and history (needs redis-py:
+  ``pip install 'ssebridge[publish]'``); ``publish.lua`` is the same for other languages.
+- ``envelope``: ids, history keys and the live envelope format.
+
+May import: the standard library, redis-py (in ``publisher``, given by the caller), and
+``ssebridge.upstream.uwsgi_compat`` (Twisted-free) for ``offload``. Nothing else of ssebridge.
+"""
+
+from __future__ import annotations
+
+from ssebridge.publish.offload import OFFLOAD_HEADER, OFFLOAD_VARIABLE, offload, offload_header
+from ssebridge.publish.publisher import Publisher
+
+__all__ = ["OFFLOAD_HEADER", "OFFLOAD_VARIABLE", "Publisher", "offload", "offload_header"]
