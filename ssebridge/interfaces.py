@@ -1,0 +1,133 @@
+"""The seams between the bridge's parts, as ``typing.Protocol``s: what each side may rely on.
+
+- ``Subscriber``: one client of a channel, as the hub delivers to it (``ssebridge.http.stream.Stream``).
+- ``TransportSink``: what a transport reports to (the hub's ``ChannelGroup``): confirmations, refused
+  subscriptions, batches of messages, and the connection going up and down. A transport never touches
+  the hub's channels or counters directly.
+- ``Transport``: a message source for one server (``ssebridge.redis.pubsub.RedisTransport``; Sentinel
+  and Cluster transports next). ``connected`` is the one answer to "is it up": readiness and the
+  ``redis_connected`` gauge both read it, so they cannot disagree.
+- ``History``: the optional capability of a transport whose server keeps each channel's past events
+  (Redis Streams): read what came after an id, so a reconnecting client, or the bridge itself after a
+  reconnect, catches up. The hub stays free of Redis: it only sees this interface.
+- ``Upstream``: the app behind the bridge (``ssebridge.upstream``), re-exported from its home.
+
+Each implementation is checked against its protocol where it is defined (``_conforms`` functions that
+mypy type-checks), the way Mercure writes ``var _ Transport = (*BoltTransport)(nil)``.
+
+May import: the standard library, ``twisted.internet.defer`` (for ``Deferred`` only), and
+``ssebridge.publish.envelope`` (the id type). Nothing else of ssebridge, so every layer may import it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Hashable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from twisted.internet.defer import Deferred
+
+from ssebridge.publish.envelope import EventId
+
+__all__ = [
+    "History",
+    "HistoryEvent",
+    "Replay",
+    "Subscriber",
+    "Transport",
+    "TransportFactory",
+    "TransportSink",
+]
+
+
+class Subscriber(Protocol):
+    """One client of a channel, as the hub sees it."""
+
+    #: ``"sse"`` gets WHATWG frames, ``"sseraw"`` the message bytes untouched.
+    mode: str
+
+    def send(self, data: bytes, count: int = 1) -> None:
+        """Deliver already-framed bytes holding ``count`` events (0 for a comment or a hint).
+
+        Must not raise: a client that cannot take the bytes detaches itself.
+        """
+
+
+class TransportSink(Protocol):
+    """What a transport reports to. Every call is a fact about the server's connection."""
+
+    def connection_up(self) -> None:
+        """The server answered on a new connection (counted; readiness reads ``Transport.connected``)."""
+
+    def connection_down(self) -> None:
+        """The connection was lost: subscriptions are void until confirmed again."""
+
+    def subscribed(self, channel: bytes) -> None:
+        """The server confirmed the subscription to ``channel``."""
+
+    def subscribe_failed(self, channel: bytes, error: str) -> None:
+        """The server refused the subscription (``NOAUTH``, ``NOPERM``...); the transport retries."""
+
+    def deliver(self, batch: Mapping[bytes, list[bytes]]) -> None:
+        """Messages read together, per channel, in the order the server sent them."""
+
+
+class Transport(Protocol):
+    """A message source for one server. Calls are requests; results come back to its sink."""
+
+    @property
+    def connected(self) -> bool:
+        """Up: connected, and the server has answered on this connection."""
+
+    def subscribe(self, channel: bytes) -> None:
+        """Start (or, after a reconnect, restart) delivering ``channel``; idempotent."""
+
+    def unsubscribe(self, channel: bytes) -> None:
+        """Stop delivering ``channel``."""
+
+    def stop(self) -> Deferred[None]:
+        """Close the transport's connections for good."""
+
+
+#: How the hub makes the transport of a server key, reporting to a sink.
+TransportFactory = Callable[[Hashable, TransportSink], Transport]
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryEvent:
+    """One past event of a channel, as its publisher wrote it (``b""`` where a field was not set)."""
+
+    id: EventId
+    data: bytes
+    event: bytes = b""
+    retry: bytes = b""
+
+
+@dataclass(frozen=True, slots=True)
+class Replay:
+    """What history holds after a position.
+
+    ``events`` are in id order. ``gap`` is ``None`` when they are everything published after the
+    position; otherwise why they are not: ``"evicted"`` (history no longer reaches back that far),
+    ``"unknown"`` (the channel has no history, or the id was never one of its ids), ``"future"`` (the
+    id is newer than anything published), ``"truncated"`` (more events than the read's limit: the
+    oldest are left out).
+    """
+
+    events: Sequence[HistoryEvent]
+    gap: str | None = None
+    #: The newest id the channel's history knows of (``None``: no history); where live events resume.
+    last_id: EventId | None = None
+
+
+class History(Protocol):
+    """A transport's record of each channel's past events (optional: check with ``isinstance``)."""
+
+    def read_after(self, channel: bytes, position: EventId | None, limit: int) -> Deferred[Replay]:
+        """The events of ``channel`` after ``position`` (``None``: only the newest id, no events).
+
+        Concurrent reads of the same (channel, position) share one read of the server.
+        """
+
+    def current_id(self, channel: bytes) -> Deferred[EventId | None]:
+        """The newest id of ``channel``'s history, or ``None`` when it has none."""
