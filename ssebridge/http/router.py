@@ -27,6 +27,7 @@ from ssebridge.config.model import StaticMap
 from ssebridge.http.static import static_resource_for
 from ssebridge.http.stream import DEFAULT_MAX_BUFFER, Stream, attach_stream
 from ssebridge.hub.channels import Hub
+from ssebridge.publish.offload import OFFLOAD_HEADER, OFFLOAD_VARIABLE
 from ssebridge.redis.address import DEFAULT_SERVER, RedisServer
 from ssebridge.routing.rules import (
     Action,
@@ -37,6 +38,7 @@ from ssebridge.routing.rules import (
     resolve_request,
     resolve_response,
 )
+from ssebridge.routing.wire import wire_text
 from ssebridge.upstream.base import Upstream, UpstreamError, UpstreamReply
 
 log = Logger()
@@ -76,7 +78,7 @@ def request_variables(request: IRequest, script_name: bytes = b"") -> dict[str, 
     variables["SERVER_PROTOCOL"] = request.clientproto.decode("ascii", "replace")  # type: ignore[attr-defined]
     for name, values in request.requestHeaders.getAllRawHeaders():
         key = "HTTP_" + name.decode("latin-1").upper().replace("-", "_")
-        variables[key] = ", ".join(v.decode("latin-1") for v in values)
+        variables[key] = ", ".join(wire_text(v) for v in values)
     return variables
 
 
@@ -140,11 +142,6 @@ _NOT_ON_A_STREAM = frozenset(
 _HOP_BY_HOP = frozenset(
     [b"connection", b"keep-alive", b"transfer-encoding", b"te", b"trailer", b"upgrade", b"proxy-connection"]
 )
-
-#: The response header by which an upstream app hands a connection over with no rules configured.
-DEFAULT_OFFLOAD_HEADER = "X-SSE-Offload"
-#: The variable the seed's apps set with ``uwsgi.add_var``; honoured with no rule configured, too.
-OFFLOAD_VARIABLE = "X-SSE-OFFLOAD"
 
 
 def _write_text(request: Request, code: int, text: str) -> None:
@@ -238,7 +235,7 @@ class Bridge:
         max_streams: int = 0,
         retry_after: int = 5,
         upstream: Upstream | None = None,
-        offload_header: str = DEFAULT_OFFLOAD_HEADER,
+        offload_header: str = OFFLOAD_HEADER,
         reactor: Any = None,
     ) -> None:
         if reactor is None:
@@ -402,7 +399,7 @@ class Bridge:
             resolved = resolve_response(self.rules, merged, self.default_server)
             if resolved is None:
                 # No rule took it: the native signals need none, the header or the seed's variable.
-                channel = native.decode("utf-8", "replace") if native is not None else None
+                channel = wire_text(native) if native is not None else None
                 if channel is None:
                     channel = reply.variables.get(OFFLOAD_VARIABLE)
                 if channel is not None:

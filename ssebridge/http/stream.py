@@ -24,6 +24,7 @@ from zope.interface import implementer
 from ssebridge import frames
 from ssebridge.hub.channels import Hub
 from ssebridge.routing.rules import RefusedChannel, check_channel
+from ssebridge.routing.wire import wire_text
 
 log = Logger()
 
@@ -365,7 +366,7 @@ class ChannelResource(Resource):
         self.redis_server = server
         # A channel often comes from the URL (a Klein route's argument): refuse what must not be
         # subscribed here, once, and answer 400 for it at render time.
-        text = channel.decode("utf-8", "replace") if isinstance(channel, bytes) else channel
+        text = wire_text(channel) if isinstance(channel, bytes) else channel
         self.refused: str | None = None
         try:
             self.channel = check_channel(text)

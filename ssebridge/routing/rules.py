@@ -246,7 +246,8 @@ class _Context:
 def _parse_query(query: str) -> dict[str, str]:
     """Query parameters, percent-decoded; the first of repeated keys wins (as uWSGI's ``qs`` does)."""
     params: dict[str, str] = {}
-    for key, value in parse_qsl(query, keep_blank_values=True):
+    # surrogateescape, not "replace": %E9 and %EB must stay distinct (see ssebridge.routing.wire).
+    for key, value in parse_qsl(query, keep_blank_values=True, errors="surrogateescape"):
         params.setdefault(key, value)
     return params
 
@@ -639,7 +640,8 @@ def check_channel(channel: str, allow: re.Pattern[str] | None = None) -> bytes:
     try:
         data = channel.encode("utf-8")
     except UnicodeEncodeError:
-        raise RefusedChannel("channel is not valid Unicode") from None
+        # Lone surrogates: bytes that were not UTF-8 on the wire (ssebridge.routing.wire).
+        raise RefusedChannel("channel is not valid Unicode (not UTF-8 on the wire)") from None
     if len(data) > MAX_CHANNEL_LENGTH:
         raise RefusedChannel(f"channel is longer than {MAX_CHANNEL_LENGTH} bytes ({len(data)})")
     if allow is not None and allow.fullmatch(channel) is None:

@@ -23,6 +23,8 @@ from typing import IO, Any, Protocol
 from twisted.internet.defer import Deferred, succeed
 from twisted.web.server import Request
 
+from ssebridge.routing.wire import wire_text
+
 __all__ = [
     "HOP_BY_HOP",
     "BodySource",
@@ -30,7 +32,6 @@ __all__ = [
     "Upstream",
     "UpstreamError",
     "UpstreamReply",
-    "decode_header_value",
     "detach_body",
     "strip_hop_by_hop",
 ]
@@ -148,18 +149,6 @@ def strip_hop_by_hop(headers: Iterable[tuple[bytes, bytes]]) -> list[tuple[bytes
     return [(name, value) for name, value in headers if name.lower() not in named]
 
 
-def decode_header_value(value: bytes) -> str:
-    """A header value as a variable: UTF-8 when it is UTF-8, else latin-1 (which never fails).
-
-    UTF-8 first so that a channel name such as ``café`` sent as UTF-8 bytes means the same channel as
-    the router's own (UTF-8 decoded) request variables.
-    """
-    try:
-        return value.decode("utf-8")
-    except UnicodeDecodeError:
-        return value.decode("latin-1")
-
-
 class HeaderRules:
     """``collect-header`` and ``pull-header``: response headers mapped to request variables.
 
@@ -197,7 +186,7 @@ class HeaderRules:
                 continue
             for header, value in headers:
                 if header.lower() == name:
-                    variables[var] = decode_header_value(value)
+                    variables[var] = wire_text(value)
                     break
         kept = [(header, value) for header, value in headers if header.lower() not in pulled]
         return kept, variables

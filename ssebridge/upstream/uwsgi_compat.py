@@ -23,6 +23,8 @@ from contextlib import contextmanager
 from types import ModuleType
 from typing import Any
 
+from ssebridge.routing.wire import wire_text
+
 __all__ = [
     "add_var",
     "close_scope",
@@ -57,10 +59,8 @@ _scope = _Scope()
 
 def _text(value: str | bytes, what: str) -> str:
     if isinstance(value, bytes):
-        try:
-            return value.decode("utf-8")
-        except UnicodeDecodeError:
-            return value.decode("latin-1")
+        # One decoding for every byte string that may become a channel (ssebridge.routing.wire).
+        return wire_text(value)
     if isinstance(value, str):
         return value
     raise TypeError(f"uwsgi.add_var: {what} must be str or bytes, not {type(value).__name__}")

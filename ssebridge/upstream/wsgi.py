@@ -39,6 +39,7 @@ from twisted.python.threadpool import ThreadPool
 from twisted.web.server import Request
 from zope.interface import implementer
 
+from ssebridge.publish.offload import OFFLOAD_HEADER, OFFLOAD_VARIABLE, offload, offload_header
 from ssebridge.upstream import uwsgi_compat
 from ssebridge.upstream.base import (
     DelayedCall,
@@ -65,11 +66,6 @@ __all__ = [
 log = Logger()
 app_log = Logger(namespace="ssebridge.upstream.wsgi.app")
 
-#: The response header the router honours with no rules configured.
-OFFLOAD_HEADER = "X-SSE-Offload"
-#: The variable the seed's apps set; the seed's ``final-route-if-not`` rule reads it.
-OFFLOAD_VARIABLE = "X-SSE-OFFLOAD"
-
 #: How long a pool thread waits for the router to take or drop a reply before dropping it itself.
 #: The router decides synchronously, so this only bounds a bug.
 DECISION_WAIT = 30.0
@@ -81,24 +77,6 @@ _TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _BAD_VALUE = re.compile(rb"[\r\n\x00]")
 
 Mode = Literal["pending", "send", "discard", "abandon"]
-
-
-def offload(channel: str) -> None:
-    """Ask for this request to become a stream on ``channel`` (sets ``X-SSE-OFFLOAD``).
-
-    Works with no rule configured (the bridge reads the variable after the app answers), as well as
-    with the seed's ``final-route-if-not = empty:${X-SSE-OFFLOAD} sse:${X-SSE-OFFLOAD}``. Over a
-    remote ``proxy`` there is no such variable: return ``offload_header(channel)`` instead.
-    """
-    uwsgi_compat.add_var(OFFLOAD_VARIABLE, channel)
-
-
-def offload_header(channel: str) -> tuple[str, str]:
-    """The response header that hands a request over to a stream on ``channel``, with no rules needed.
-
-    The channel is encoded as UTF-8 and carried PEP 3333 style (bytes as latin-1 characters).
-    """
-    return (OFFLOAD_HEADER, channel.encode("utf-8").decode("latin-1"))
 
 
 # --- environ ---------------------------------------------------------------------------------------

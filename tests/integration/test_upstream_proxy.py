@@ -491,7 +491,8 @@ def test_header_rules() -> None:
     )
     assert variables == {"TYPE": "a", "CHAN": "café"}
     assert headers == [(b"content-type", b"a"), (b"Foo", b"x")]
-    assert rules.apply([(b"X-Channel", b"\xff")])[1] == {"CHAN": "ÿ"}
+    # Not UTF-8: kept distinct (never "ÿ", which b"\xc3\xbf" also means), and refused as a channel.
+    assert rules.apply([(b"X-Channel", b"\xff")])[1] == {"CHAN": "\udcff"}
     assert not HeaderRules()
     with pytest.raises(ValueError):
         HeaderRules(collect=[("Content-Type", "")])
