@@ -1,6 +1,10 @@
 """The configuration: its model and settings table, value parsing, the two syntaxes, the loader.
 
-Owns: ``model`` (``Config`` and its parts, the settings table, the loader), ``ini`` (the seed's uWSGI
-syntax), ``toml`` (the native one). May import: ``ssebridge.routing``, ``ssebridge.redis.address``.
+Owns, in import order (each module imports only those before it): ``defaults`` (every default value),
+``endpoint`` (endpoint strings), ``schema`` (``Config``, its parts, ``ConfigError``), ``settings``
+(the scalar keys' table and value parsing), ``builder`` (a parser's output becoming a ``Config``),
+``ini`` and ``toml`` (the two syntaxes), ``loader`` (``load_config``, ``check_config``,
+``default_config``) and ``model``, the facade other code imports from. May import:
+``ssebridge.routing``, ``ssebridge.redis.address``, ``ssebridge.publish`` (Twisted-free names).
 Pure: no Twisted, no I/O beyond reading the file.
 """

@@ -19,14 +19,9 @@ import re
 from collections.abc import Callable
 from pathlib import Path
 
-from ssebridge.config.model import (
-    SETTINGS_BY_INI,
-    ConfigBuilder,
-    listen_endpoint,
-    mule_from_script,
-    setting_from_text,
-    static_map,
-)
+from ssebridge.config.builder import ConfigBuilder, mule_from_script, static_map
+from ssebridge.config.endpoint import listen_endpoint
+from ssebridge.config.settings import SETTINGS_BY_INI, setting_from_text
 from ssebridge.routing.rules import RULE_KINDS, RuleError, RuleKind, with_allow
 
 __all__ = ["IGNORED_KEYS", "LISTEN_KEYS", "parse"]
@@ -146,6 +141,7 @@ def _handlers(builder: ConfigBuilder) -> dict[str, Callable[[str, str, int], Non
         handlers[kind] = rule
     for name in SETTINGS_BY_INI:
         handlers[name] = setting
+
     def wsgi_file(key: str, value: str, line: int) -> None:
         builder.add_wsgi_file(value, line, key)
 

@@ -3,7 +3,7 @@
 Schema (every key optional; docs/configuration.md has the full reference)::
 
     listen = ["tcp:9090:interface=127.0.0.1"]   # or one string; http-socket forms work too
-    redis = "127.0.0.1:6379"                     # plus the other scalar keys of config.SETTINGS
+    redis = "127.0.0.1:6379"                     # plus the other scalar keys of settings.SETTINGS
 
     [[route]]
     match = '^/events/(?P<channel>[a-z0-9]+)$'   # or match_uri, match_qs, match_host,
@@ -30,16 +30,9 @@ import tomllib
 from collections.abc import Mapping
 from typing import Any
 
-from ssebridge.config.model import (
-    SETTINGS_BY_TOML,
-    ConfigBuilder,
-    listen_endpoint,
-    mule_from_command,
-    mule_from_script,
-    setting_from_value,
-    static_map,
-    type_name,
-)
+from ssebridge.config.builder import ConfigBuilder, mule_from_command, mule_from_script, static_map
+from ssebridge.config.endpoint import listen_endpoint
+from ssebridge.config.settings import SETTINGS_BY_TOML, setting_from_value, type_name
 from ssebridge.routing.rules import Action, RuleError, RuleKind, make_rule, parse_action
 
 __all__ = ["ACTION_FIELDS", "MATCH_KEYS", "parse"]

@@ -60,7 +60,7 @@ def check(path: str | None) -> int:
     for warning in config.warnings:
         sys.stdout.write(f"ssebridge: warning: {warning}\n")
     if config.workers > 1:
-        from ssebridge.runtime.pool import parse_listen
+        from ssebridge.runtime.listeners import parse_listen
 
         for description in config.listen:
             try:

@@ -6,10 +6,7 @@ can run one too (``BridgeService(load_config(path)).setServiceParent(application
 
 from __future__ import annotations
 
-import atexit
 import os
-import resource
-import sys
 from collections.abc import Sequence
 from typing import Any
 
@@ -26,61 +23,12 @@ from ssebridge.http.router import Bridge
 from ssebridge.http.site import BridgeSite
 from ssebridge.hub.channels import Hub
 from ssebridge.redis.pubsub import redis_transport_factory
-from ssebridge.runtime.pool import adopt_listeners, per_worker_endpoint
+from ssebridge.runtime.lifecycle import default_max_streams, raise_fd_limit, stop_and_exit
+from ssebridge.runtime.listeners import adopt_listeners, per_worker_endpoint, with_backlog
 from ssebridge.runtime.sdnotify import notify
 from ssebridge.upstream.factory import build_upstream
 
 log = Logger()
-
-#: Pending connections the kernel queues per listener: browsers reconnect in crowds.
-DEFAULT_BACKLOG = 4096
-#: File descriptors kept back from the stream limit for Redis, listeners, static files and upstreams.
-FD_HEADROOM = 64
-
-
-def stop_and_exit(reactor: Any, status: int) -> None:
-    """Stop the reactor (once it runs: twistd starts services before it) and exit with ``status``.
-
-    twistd always exits 0 after its reactor stops; a service that could not start must say otherwise
-    (``Restart=on-failure``, scripts). Registered late, the exit runs first at interpreter exit, after
-    twistd has cleaned up.
-    """
-
-    def leave() -> None:
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(status)
-
-    atexit.register(leave)
-    reactor.callWhenRunning(reactor.stop)
-
-
-def with_backlog(description: str) -> str:
-    """Add a deep listen backlog to a ``tcp:``/``unix:`` endpoint string that does not name one."""
-    kind = description.split(":", 1)[0]
-    if kind in ("tcp", "tcp6", "unix", "ssl") and "backlog=" not in description:
-        return f"{description}:backlog={DEFAULT_BACKLOG}"
-    return description
-
-
-def raise_fd_limit() -> int:
-    """Raise the soft open-files limit to the hard limit; return the limit in force."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if hard == resource.RLIM_INFINITY:
-        hard = max(soft, 1 << 20)
-    if soft < hard:
-        try:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-            soft = hard
-        except (ValueError, OSError) as e:
-            log.warn("could not raise the open-files limit to {hard}: {error}", hard=hard, error=str(e))
-    return soft
-
-
-def default_max_streams(fd_limit: int) -> int:
-    """Streams allowed for an fd limit: every stream holds one descriptor; keep a tenth in reserve."""
-    return max(1, fd_limit - max(FD_HEADROOM, fd_limit // 10))
-
 
 class BridgeService(MultiService):
     """One bridge process: listens, routes, streams; started and stopped as one Twisted service."""

@@ -12,11 +12,9 @@ from twisted.logger import Logger, globalLogBeginner
 
 from ssebridge.config.model import ConfigError, default_config, load_config
 from ssebridge.logs import inherited_observer
+from ssebridge.runtime.lifecycle import EXIT_CANNOT_START
 
 log = Logger()
-
-#: A worker's exit status when it can never start (its config or app): the pool stops, not retries.
-EXIT_CANNOT_START = 2
 
 #: prctl(2) option: the signal a process gets when its parent dies.
 PR_SET_PDEATHSIG = 1

@@ -837,3 +837,10 @@ def test_bad_upstream_keys(tmp_path: Path, text: str, problem: str) -> None:
     with pytest.raises(ConfigError) as info:
         load_config(write(tmp_path, "bad.ini", text))
     assert problem in str(info.value)
+
+
+def test_auto_is_one_worker_per_core(tmp_path: Path) -> None:
+    assert load_config(write(tmp_path, "w.toml", "workers = 3\n")).workers == 3
+    cores = len(os.sched_getaffinity(0))
+    assert load_config(write(tmp_path, "a.toml", 'workers = "auto"\n')).workers == cores
+    assert load_config(write(tmp_path, "a.ini", "[uwsgi]\nworkers = auto\n")).workers == cores

@@ -6,7 +6,7 @@ import socket
 
 import pytest
 
-from ssebridge.runtime.pool import FIRST_FD, parse_listen, per_worker_endpoint, resolve_workers
+from ssebridge.runtime.listeners import FIRST_FD, parse_listen, per_worker_endpoint
 
 
 @pytest.mark.parametrize(
@@ -40,7 +40,3 @@ def test_listeners_workers_can_share() -> None:
     with pytest.raises(ValueError, match="ssl"):
         parse_listen("ssl:9443:privateKey=k.pem")
 
-
-def test_auto_is_one_worker_per_core() -> None:
-    assert resolve_workers(3) == 3
-    assert resolve_workers("auto") >= 1

@@ -1,0 +1,190 @@
+"""Building a ``Config``: what a parser has read, with where each value came from, and the structured
+values both syntaxes share (mules, static maps).
+
+A parser (``ini`` or ``toml``) reads its syntax and feeds a ``ConfigBuilder``; ``build()`` checks what
+spans several keys and makes the frozen ``Config``.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from ssebridge.config import defaults
+from ssebridge.config.schema import Config, ConfigError, MuleSpec, StaticMap
+from ssebridge.config.settings import Setting, header_mapping
+from ssebridge.routing.rules import Rule, RuleError, RuleKind, parse_rule
+
+__all__ = ["INTERPRETERS", "ConfigBuilder", "mule_from_command", "mule_from_script", "static_map"]
+
+
+#: Interpreters for scripts that have no shebang line, by suffix (the seed's clock.pl has none).
+INTERPRETERS: dict[str, tuple[str, ...]] = {
+    ".py": (sys.executable,),
+    ".pl": ("perl",),
+    ".rb": ("ruby",),
+    ".sh": ("/bin/sh",),
+}
+
+
+def _resolve(base: Path, path: str) -> Path:
+    candidate = Path(os.path.expanduser(path))
+    return candidate if candidate.is_absolute() else base / candidate
+
+
+def mule_from_script(script: str, base: Path) -> MuleSpec:
+    """``mule = SCRIPT``: how to run a script, decided from its shebang, else its suffix.
+
+    The script is found relative to the config file's directory and runs there, so a config and its
+    scripts can move together. A shebang is honoured by us rather than by ``exec`` so that a script
+    without the executable bit still runs, as it did under uWSGI.
+    """
+    script = script.strip()
+    if not script:
+        raise ValueError("mule needs a script")
+    path = _resolve(base, script)
+    if not path.is_file():
+        raise ValueError(f"mule script {str(path)!r} not found")
+    try:
+        with path.open("rb") as f:
+            first = f.readline(1024)
+    except OSError as e:
+        raise ValueError(f"cannot read mule script {str(path)!r}: {e.strerror or e}") from None
+    if first.startswith(b"#!"):
+        words = first[2:].decode("utf-8", "replace").split()
+        if not words:
+            raise ValueError(f"mule script {str(path)!r} has an empty shebang line")
+        return MuleSpec((*words, str(path)), base)
+    interpreter = INTERPRETERS.get(path.suffix)
+    if interpreter is not None:
+        return MuleSpec((*interpreter, str(path)), base)
+    if not os.access(path, os.X_OK):
+        raise ValueError(f"mule script {str(path)!r} has no shebang line and is not executable")
+    return MuleSpec((str(path),), base)
+
+
+def mule_from_command(argv: Sequence[str], cwd: str | None, base: Path) -> MuleSpec:
+    """A mule given as a command line (TOML ``command = [...]``); it runs in ``cwd`` or the config's dir."""
+    if not argv or not argv[0]:
+        raise ValueError("mule command is empty")
+    if any("\x00" in a for a in argv):
+        raise ValueError("NUL in mule command")
+    return MuleSpec(tuple(argv), _resolve(base, cwd) if cwd else base)
+
+
+def static_map(prefix: str, path: str, base: Path) -> StaticMap:
+    """A static map; the path is relative to the config file's directory."""
+    prefix = prefix.strip()
+    path = path.strip()
+    if not prefix.startswith("/"):
+        raise ValueError(f"static prefix {prefix!r} must start with '/'")
+    if not path:
+        raise ValueError(f"static map {prefix} has no path")
+    if "\x00" in prefix or "\x00" in path:
+        raise ValueError("NUL in static map")
+    return StaticMap(prefix, _resolve(base, path))
+
+
+# Building a Config.
+
+
+class ConfigBuilder:
+    """What a parser has read so far, with where each value came from; ``build()`` makes the ``Config``."""
+
+    def __init__(self, file: str, base: Path) -> None:
+        self.file = file
+        self.base = base
+        self.listen: list[str] = []
+        self.rules: list[Rule] = []
+        self.static_maps: list[StaticMap] = []
+        self.mules: list[MuleSpec] = []
+        self.values: dict[str, Any] = {}
+        self.wsgi_file: Path | None = None
+        self.collect_headers: list[tuple[str, str]] = []
+        self.pull_headers: list[tuple[str, str]] = []
+        self.warnings: list[str] = []
+        self._set_at: dict[str, int | None] = {}
+        #: In checking mode (``check_config``) problems are collected here instead of raised.
+        self.collecting = False
+        self.problems: list[ConfigError] = []
+
+    def attempt(self, step: Callable[..., None], *args: Any) -> None:
+        """Run one independent step of parsing: in checking mode a problem is noted and parsing goes on
+        with the next step, so every problem of a file is reported at once."""
+        try:
+            step(*args)
+        except ConfigError as e:
+            if not self.collecting:
+                raise
+            self.problems.append(e)
+
+    def where(self, line: int | None) -> str:
+        return f"{self.file}:{line}" if line is not None else self.file
+
+    def error(self, line: int | None, problem: str) -> ConfigError:
+        return ConfigError(self.file, line, problem)
+
+    def warn(self, line: int | None, note: str) -> None:
+        self.warnings.append(f"{self.where(line)}: {note}")
+
+    def unknown(self, line: int | None, key: str) -> None:
+        self.warn(line, f"unknown key {key!r} ignored")
+
+    def set(self, setting: Setting, value: Any, line: int | None, key: str) -> None:
+        """Store a checked setting; a repeated one replaces the earlier value (as in uWSGI), noted."""
+        if setting.field in self._set_at:
+            earlier = self._set_at[setting.field]
+            where = f" on line {earlier}" if earlier is not None else ""
+            self.warn(line, f"{key!r} set again: replaces the value{where}")
+        self._set_at[setting.field] = line
+        self.values[setting.field] = value
+
+    def add_rule(self, kind: RuleKind, text: str, line: int | None, allow: str | None = None) -> None:
+        try:
+            self.rules.append(parse_rule(kind, text, allow=allow))
+        except RuleError as e:
+            raise self.error(line, f"{kind}: {e}") from None
+
+    def add_wsgi_file(self, path: str, line: int | None, key: str) -> None:
+        resolved = _resolve(self.base, path)
+        if not resolved.is_file():
+            raise self.error(line, f"{key}: {str(resolved)!r} does not exist")
+        self.wsgi_file = resolved
+        self._set_at.setdefault("wsgi_file", line)
+
+    def add_header_mapping(self, pull: bool, text: str, line: int | None, key: str) -> None:
+        try:
+            mapping = header_mapping(text)
+        except ValueError as e:
+            raise self.error(line, f"{key}: {e}") from None
+        (self.pull_headers if pull else self.collect_headers).append(mapping)
+
+    def build(self, source: str) -> Config:
+        listen = tuple(self.listen) if self.listen else (defaults.LISTEN,)
+        upstreams = [
+            name
+            for name, present in (
+                ("wsgi-file", self.wsgi_file is not None),
+                ("module", bool(self.values.get("wsgi_module"))),
+                ("proxy", bool(self.values.get("proxy"))),
+            )
+            if present
+        ]
+        if len(upstreams) > 1:
+            line = self._set_at.get("proxy", self._set_at.get("wsgi_module"))
+            raise self.error(line, f"choose one upstream app, not {' and '.join(upstreams)}")
+        return Config(
+            wsgi_file=self.wsgi_file,
+            collect_headers=tuple(self.collect_headers),
+            pull_headers=tuple(self.pull_headers),
+            source=source,
+            listen=listen,
+            rules=tuple(self.rules),
+            static_maps=tuple(self.static_maps),
+            mules=tuple(self.mules),
+            warnings=tuple(self.warnings),
+            **self.values,
+        )

@@ -1,0 +1,71 @@
+"""Every setting's default value, once: ``Config`` takes its defaults from here, and so may any other
+module that needs one (the runtime's backlog, say).
+
+Nearly a leaf: it imports only the app-facing header name of ``ssebridge.publish`` (Twisted-free), so
+anything may import it without creating an import circle, and a tool that only wants a default loads
+no Twisted.
+"""
+
+from __future__ import annotations
+
+from ssebridge.publish.offload import OFFLOAD_HEADER
+
+__all__ = [
+    "BACKLOG",
+    "CLIENT_BUFFER",
+    "CONFIRM_TIMEOUT",
+    "FORWARDED",
+    "HEADER_TIMEOUT",
+    "HEARTBEAT",
+    "IDLE_TIMEOUT",
+    "LISTEN",
+    "MAX_BODY",
+    "MAX_MESSAGE_SIZE",
+    "MAX_STREAMS",
+    "OFFLOAD_HEADER",
+    "OFFLOAD_THREADS",
+    "RETRY_MS",
+    "SHUTDOWN_WINDOW",
+    "THREADS",
+    "UPSTREAM_TIMEOUT",
+    "WORKERS",
+]
+
+#: Where the bridge listens when the config names no listener: loopback only, so a bare start exposes
+#: nothing.
+LISTEN = "tcp:9090:interface=127.0.0.1"
+#: Pending connections the kernel queues per listener when its endpoint names no ``backlog``:
+#: browsers reconnect in crowds (Twisted's own default is 50).
+BACKLOG = 4096
+#: uWSGI's ``offload-threads``: accepted for compatibility, not needed by the reactor.
+OFFLOAD_THREADS = 1
+#: Seconds between heartbeat comments on each SSE stream; 0 turns them off.
+HEARTBEAT = 15.0
+#: Most streams open at once; 0 derives it from the open-files limit.
+MAX_STREAMS = 0
+#: Bytes queued for one slow client before it is dropped.
+CLIENT_BUFFER = 1024 * 1024
+#: Largest Redis message delivered, in bytes; 0 means no limit.
+MAX_MESSAGE_SIZE = 1024 * 1024
+#: Seconds a new stream waits for Redis to confirm its subscription before starting anyway.
+CONFIRM_TIMEOUT = 3.0
+#: Seconds a client has to send its request headers; 0 turns the deadline off.
+HEADER_TIMEOUT = 10.0
+#: Seconds over which open streams are closed on shutdown, so clients do not reconnect at once.
+SHUTDOWN_WINDOW = 5.0
+#: The SSE ``retry:`` hint, in milliseconds, sent to streams closed on shutdown.
+RETRY_MS = 3000
+#: Bridge processes sharing the listeners; 1 runs in-process.
+WORKERS = 1
+#: Seconds an idle keep-alive connection is kept (streams are never idle-timed out).
+IDLE_TIMEOUT = 75.0
+#: Largest request body accepted (for the upstream app), in bytes.
+MAX_BODY = 10 * 1024 * 1024
+#: Threads running the in-process WSGI app.
+THREADS = 10
+#: Seconds to wait for the upstream's response headers before answering 504.
+UPSTREAM_TIMEOUT = 30.0
+#: Whether X-Forwarded-For/-Proto/-Host are trusted (in-process) or sent (proxy).
+FORWARDED = False
+# OFFLOAD_HEADER (imported above): the response header by which an upstream hands a connection over
+# with no rule configured; apps import the same name from ssebridge.publish.

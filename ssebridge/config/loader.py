@@ -1,0 +1,102 @@
+"""Loading a config file: the syntax is chosen, the file read and parsed, the ``Config`` built.
+
+The top of the config package: it imports both syntaxes, nothing in the package imports it (but the
+``model`` facade).
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from pathlib import Path
+
+from ssebridge.config import defaults
+from ssebridge.config.builder import ConfigBuilder
+from ssebridge.config.ini import parse as parse_ini
+from ssebridge.config.schema import Config, ConfigError, MuleSpec, StaticMap
+from ssebridge.config.toml import parse as parse_toml
+from ssebridge.redis.address import DEFAULT_SERVER
+from ssebridge.routing.rules import parse_rule
+
+__all__ = ["check_config", "default_config", "first_section", "load_config"]
+
+
+def _decode(data: bytes, file: str) -> str:
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        raise ConfigError(file, line, "not valid UTF-8") from None
+
+
+_SECTION = re.compile(r"\s*\[([^\[\]]*)\]\s*$")
+
+
+def first_section(text: str) -> str | None:
+    """The name of the first ``[section]`` line, skipping blank and comment lines; ``None`` if the
+    first meaningful line is not a section header."""
+    for raw in text.split("\n"):
+        line = raw.strip()
+        if not line or line[0] in "#;":
+            continue
+        m = _SECTION.match(line)
+        return m.group(1).strip() if m else None
+    return None
+
+
+def check_config(path: str | Path) -> tuple[Config | None, list[ConfigError]]:
+    """Load a config the way ``load_config`` does, but collect every problem instead of stopping at
+    the first: ``(config, [])`` when it is sound, ``(None, problems)`` otherwise."""
+    try:
+        builder = _parse(path, collecting=True)
+    except ConfigError as e:
+        return None, [e]
+    if builder.problems:
+        return None, builder.problems
+    try:
+        return builder.build(str(path)), []
+    except ConfigError as e:
+        return None, [e]
+
+
+def load_config(path: str | Path) -> Config:
+    """Load a ``.toml`` or uWSGI ``.ini`` file; raise ``ConfigError``.
+
+    The syntax is chosen by the suffix; any other name is sniffed: a file whose first section is
+    ``[uwsgi]`` is ini, anything else TOML.
+    """
+    return _parse(path).build(str(path))
+
+
+def _parse(path: str | Path, collecting: bool = False) -> ConfigBuilder:
+    file = str(path)
+    p = Path(path)
+    try:
+        data = p.read_bytes()
+    except OSError as e:
+        raise ConfigError(file, None, f"cannot read: {e.strerror or e}") from None
+    text = _decode(data, file)
+    base = p.absolute().parent
+    suffix = p.suffix.lower()
+    builder = ConfigBuilder(file, base)
+    builder.collecting = collecting
+    if suffix == ".ini" or (suffix != ".toml" and first_section(text) == "uwsgi"):
+        parse_ini(text, builder, p.absolute())
+    else:
+        parse_toml(text, builder)
+    return builder
+
+
+def default_config() -> Config:
+    """The built-in config: 127.0.0.1:9090, Redis 127.0.0.1:6379, ``/events/<channel>``, the clock demo."""
+    return Config(
+        source="<built-in>",
+        listen=(defaults.LISTEN,),
+        redis=DEFAULT_SERVER,
+        rules=(
+            parse_rule("route", r"^/events/(?P<channel>[A-Za-z0-9._:-]+)$ sse:${channel}"),
+            parse_rule("route", "^/whattimeisit$ sse:clock"),
+        ),
+        static_maps=(StaticMap("/clock", Path(__file__).parent.parent / "assets" / "clock.html"),),
+        mules=(MuleSpec((sys.executable, "-m", "ssebridge.clock", "--channel", "clock")),),
+    )
