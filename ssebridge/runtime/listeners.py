@@ -8,16 +8,18 @@ Each worker serves its own metrics on ``per_worker_endpoint``.
 from __future__ import annotations
 
 import os
-import re
 import socket
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-#: Pending connections the kernel queues per listener: browsers reconnect in crowds.
-DEFAULT_BACKLOG = 4096
+from ssebridge.config import defaults
+from ssebridge.config.endpoint import parse_endpoint
+
 #: The first inherited descriptor a worker finds its listening sockets at.
 FIRST_FD = 3
+
+_FAMILIES = {"INET": socket.AF_INET, "INET6": socket.AF_INET6, "UNIX": socket.AF_UNIX}
 
 
 @dataclass(frozen=True)
@@ -26,7 +28,7 @@ class ListenSpec:
 
     family: int
     address: Any
-    backlog: int = 4096
+    backlog: int = defaults.BACKLOG
     shared: bool = False
     inherited_fd: int | None = None
 
@@ -34,31 +36,24 @@ class ListenSpec:
 def parse_listen(description: str) -> ListenSpec:
     """Read a Twisted endpoint string (``tcp``, ``tcp6``, ``unix``, ``systemd``) as a socket to open.
 
-    Raises ``ValueError`` for kinds a worker pool cannot share (``ssl``: terminate TLS in front).
+    Raises ``ValueError`` for a bad string, and for kinds a worker pool cannot share (``ssl``:
+    terminate TLS in front).
     """
-    kind, _, rest = description.partition(":")
-    # Twisted escapes a colon inside a value (an IPv6 interface) as "\\:".
-    args = [a.replace("\\:", ":") for a in re.split(r"(?<!\\):", rest)] if rest else []
-    positional = [a for a in args if "=" not in a]
-    options = dict(a.split("=", 1) for a in args if "=" in a)
-    backlog = int(options.get("backlog", "4096"))
-    if kind in ("tcp", "tcp6"):
-        if not positional:
-            raise ValueError(f"{description}: no port")
-        default = "::" if kind == "tcp6" else "0.0.0.0"
-        interface = options.get("interface", default)
-        family = socket.AF_INET6 if kind == "tcp6" or ":" in interface else socket.AF_INET
-        return ListenSpec(family, (interface, int(positional[0])), backlog)
-    if kind == "unix":
-        if not positional:
-            raise ValueError(f"{description}: no path")
-        return ListenSpec(socket.AF_UNIX, positional[0], backlog, shared=True)
-    if kind == "systemd":
-        index = int(options.get("index", "0"))
-        domain = options.get("domain", "INET")
-        family = {"INET": socket.AF_INET, "INET6": socket.AF_INET6, "UNIX": socket.AF_UNIX}[domain]
+    endpoint = parse_endpoint(description)
+    backlog = endpoint.backlog if endpoint.backlog is not None else defaults.BACKLOG
+    if endpoint.kind in ("tcp", "tcp6"):
+        assert endpoint.port is not None  # parse_endpoint checked it
+        default = "::" if endpoint.kind == "tcp6" else "0.0.0.0"
+        interface = endpoint.interface or default
+        family = socket.AF_INET6 if endpoint.kind == "tcp6" or ":" in interface else socket.AF_INET
+        return ListenSpec(family, (interface, endpoint.port), backlog)
+    if endpoint.kind == "unix":
+        return ListenSpec(socket.AF_UNIX, endpoint.path, backlog, shared=True)
+    if endpoint.kind == "systemd":
+        index = endpoint.systemd_index or 0
+        family = _FAMILIES[endpoint.systemd_domain]
         return ListenSpec(family, None, backlog, shared=True, inherited_fd=FIRST_FD + index)
-    raise ValueError(f"{description}: workers cannot share a '{kind}' listener")
+    raise ValueError(f"{description}: workers cannot share a '{endpoint.kind}' listener")
 
 
 def per_worker_endpoint(description: str, index: int) -> str:
@@ -68,19 +63,12 @@ def per_worker_endpoint(description: str, index: int) -> str:
     Metrics and health describe one process; workers sharing one port would answer a scrape at
     random, so each worker is its own scrape target.
     """
-    kind, _, rest = description.partition(":")
-    args = re.split(r"(?<!\\):", rest) if rest else []
-    for i, arg in enumerate(args):
-        key, equals, value = arg.partition("=")
-        if not equals:
-            key, value = "", arg
-        if kind in ("tcp", "tcp6", "ssl") and key in ("", "port") and value.isdigit():
-            args[i] = f"{key}{equals}{int(value) + index}"
-            return ":".join([kind, *args])
-        if kind == "unix" and key in ("", "address"):
-            args[i] = f"{key}{equals}{value}.{index}"
-            return ":".join([kind, *args])
-    raise ValueError(f"{description}: workers need a tcp port or a unix path for their metrics")
+    try:
+        return str(parse_endpoint(description).for_worker(index))
+    except ValueError as e:
+        if "metrics" in str(e):
+            raise
+        raise ValueError(f"{e} (each worker needs a tcp port or a unix path for its metrics)") from None
 
 
 def open_listener(spec: ListenSpec) -> socket.socket:
@@ -107,11 +95,12 @@ def open_listener(spec: ListenSpec) -> socket.socket:
 
 
 def with_backlog(description: str) -> str:
-    """Add a deep listen backlog to a ``tcp:``/``unix:`` endpoint string that does not name one."""
-    kind = description.split(":", 1)[0]
-    if kind in ("tcp", "tcp6", "unix", "ssl") and "backlog=" not in description:
-        return f"{description}:backlog={DEFAULT_BACKLOG}"
-    return description
+    """Add a deep listen backlog (``defaults.BACKLOG``) to an endpoint string that names none."""
+    endpoint = parse_endpoint(description)
+    if endpoint.with_default_backlog(defaults.BACKLOG) is endpoint:
+        return description
+    # Appended to the text as written, so the rest reaches Twisted exactly as the config said it.
+    return f"{description}:backlog={defaults.BACKLOG}"
 
 
 def adopt_listeners(reactor: Any, families: Sequence[int], factory: Any) -> list[Any]:
