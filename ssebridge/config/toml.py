@@ -261,13 +261,14 @@ class _Reader:
         mode = self.string(table, "mode", where, required=False) or "sse"
         server = self.string(table, "server", where, required=False)
         assert channel is not None
-        buffer_size = table.get("buffer_size")
-        if buffer_size is not None and (
-            not isinstance(buffer_size, int) or isinstance(buffer_size, bool) or buffer_size <= 0
+        # The route's key is the seed's buffer_size; what it sets is the route's client_buffer.
+        client_buffer = table.get("buffer_size")
+        if client_buffer is not None and (
+            not isinstance(client_buffer, int) or isinstance(client_buffer, bool) or client_buffer <= 0
         ):
             raise self.builder.error(
                 self.lines.line(where, "buffer_size"),
-                f"buffer_size must be a positive integer, not {buffer_size!r}",
+                f"buffer_size must be a positive integer, not {client_buffer!r}",
             )
         if mode not in ("sse", "sseraw"):
             raise self.builder.error(
@@ -280,7 +281,7 @@ class _Reader:
                 "sse" if mode == "sse" else "sseraw",
                 channel.strip(),
                 server.strip() if server is not None else None,
-                buffer_size,
+                client_buffer,
                 templated=True,
             )
         except RuleError as e:

@@ -31,6 +31,14 @@ from ssebridge.runtime.sdnotify import notify
 
 log = Logger()
 
+#: A worker that ran this many seconds before it died is restarted at once (its backoff resets).
+STABLE_AFTER = 30.0
+#: Restart backoff of a worker that keeps dying: seconds, first and longest wait.
+RESTART_INITIAL = 0.2
+RESTART_MAXIMUM = 10.0
+#: Seconds past ``shutdown_window`` the workers get to stop before they are killed.
+STOP_GRACE = 10.0
+
 class _WorkerProtocol(ProcessProtocol):
     def __init__(self, pool: WorkerPool, index: int) -> None:
         self.pool = pool
@@ -136,11 +144,13 @@ class WorkerPool(MultiService):
             log.critical("worker {index} cannot start; stopping", index=index)
             self.fail_to_start()
             return
-        if self.reactor.seconds() - self.started_at.get(index, 0) > 30:
+        if self.reactor.seconds() - self.started_at.get(index, 0) > STABLE_AFTER:
             self.failures[index] = 0
         failures = self.failures.get(index, 0) + 1
         self.failures[index] = failures
-        delay = backoff_delay(failures, initial=0.2, maximum=10.0, factor=2.0, jitter=0.2)
+        delay = backoff_delay(
+            failures, initial=RESTART_INITIAL, maximum=RESTART_MAXIMUM, factor=2.0, jitter=0.2
+        )
         log.warn(
             "worker {index} exited ({why}); restarting in {delay:.1f}s",
             index=index,
@@ -167,7 +177,7 @@ class WorkerPool(MultiService):
                 if protocol.transport is not None and protocol.transport.pid:
                     protocol.transport.signalProcess("TERM")
                     waits.append(protocol.ended)
-            grace = self.config.shutdown_window + 10.0
+            grace = self.config.shutdown_window + STOP_GRACE
             timer = self.reactor.callLater(grace, self._kill_all)
             await DeferredList(waits, consumeErrors=True)
             if timer.active():
