@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from twisted.internet.defer import Deferred
 
@@ -32,6 +32,7 @@ from ssebridge.publish.envelope import EventId
 __all__ = [
     "History",
     "HistoryEvent",
+    "HistoryUnavailable",
     "Replay",
     "Subscriber",
     "Transport",
@@ -93,6 +94,14 @@ class Transport(Protocol):
 TransportFactory = Callable[[Hashable, TransportSink], Transport]
 
 
+class HistoryUnavailable(Exception):
+    """A history read that could not be answered: the server is down, too slow, or refused the read.
+
+    Every ``History`` read fails with this (the cause chained), never hangs: the caller decides
+    whether to go live with a gap or to retry.
+    """
+
+
 @dataclass(frozen=True, slots=True)
 class HistoryEvent:
     """One past event of a channel, as its publisher wrote it (``b""`` where a field was not set)."""
@@ -107,26 +116,43 @@ class HistoryEvent:
 class Replay:
     """What history holds after a position.
 
-    ``events`` are in id order. ``gap`` is ``None`` when they are everything published after the
-    position; otherwise why they are not: ``"evicted"`` (history no longer reaches back that far),
-    ``"unknown"`` (the channel has no history, or the id was never one of its ids), ``"future"`` (the
-    id is newer than anything published), ``"truncated"`` (more events than the read's limit: the
-    oldest are left out).
+    ``events`` are in id order: the oldest ones after the position, at most the read's limit.
+    ``gap`` is ``None`` when they are everything published after the position; otherwise why not:
+
+    - ``"evicted"``: something published after the position is no longer held (trimmed by count or
+      age, or deleted). Without the ids of trimmed entries this is judged conservatively: a position
+      older than the oldest entry held, in a stream that has lost entries, counts as evicted.
+    - ``"unknown"``: the channel has no history (never had, expired, flushed), or its history began
+      after the position and never lost an entry, so the position was never one of its ids (a
+      history deleted and re-created). The position ``0-0`` (what ``Publisher.current_id`` gives a
+      channel without history) is the start of every history: never a gap by itself.
+    - ``"future"``: the position is newer than anything published (no events).
+    - ``"truncated"``: no other gap, but history holds more than the limit after the position.
+
+    ``more`` says the read stopped at its limit (whatever the gap): read again after the last of
+    ``events`` to continue without loss.
     """
 
     events: Sequence[HistoryEvent]
     gap: str | None = None
     #: The newest id the channel's history knows of (``None``: no history); where live events resume.
     last_id: EventId | None = None
+    #: History holds events after the last of ``events``.
+    more: bool = False
 
 
+@runtime_checkable
 class History(Protocol):
     """A transport's record of each channel's past events (optional: check with ``isinstance``)."""
 
     def read_after(self, channel: bytes, position: EventId | None, limit: int) -> Deferred[Replay]:
         """The events of ``channel`` after ``position`` (``None``: only the newest id, no events).
 
-        Concurrent reads of the same (channel, position) share one read of the server.
+        The answer is read from the server after this call was made (a read already on its way is
+        never shared with a later caller), so a caller that starts buffering live events before it
+        calls misses nothing in between. Concurrent calls with the same (channel, position, limit)
+        share one such read. Failures are ``HistoryUnavailable``, within the implementation's deadline.
+        Cancelling the returned Deferred affects no other caller.
         """
 
     def current_id(self, channel: bytes) -> Deferred[EventId | None]:
