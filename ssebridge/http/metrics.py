@@ -31,6 +31,7 @@ _COUNTERS = (
     ("bytes_delivered", "Bytes of events written to clients."),
     ("redis_connects", "Redis connections established (the first, and every reconnect)."),
     ("redis_disconnects", "Redis connections lost."),
+    ("subscribe_refusals", "Error replies to SUBSCRIBE (NOAUTH, NOPERM...), retries included."),
     ("upstream_errors", "Upstream failures answered with 5xx."),
 )
 
@@ -52,13 +53,19 @@ class BridgeCollector(Collector):
         yield GaugeMetricFamily(
             "ssebridge_channels_subscribed", "Channels subscribed now.", value=self.hub.channel_count()
         )
+        yield GaugeMetricFamily(
+            "ssebridge_subscriptions_refused",
+            "Channels whose subscription the server refuses now (readiness is false meanwhile).",
+            value=self.hub.refused_count(),
+        )
         redis_up = GaugeMetricFamily(
             "ssebridge_redis_connected", "1 when the connection to a Redis server is up.", labels=["server"]
         )
         for key, group in self.hub.groups.items():
             describe = getattr(key, "describe", None)
             label = describe() if callable(describe) else str(key)
-            redis_up.add_metric([label], 1.0 if getattr(group.transport, "connected", False) else 0.0)
+            # The same ``Transport.connected`` readiness reads (``Hub.not_ready``).
+            redis_up.add_metric([label], 1.0 if group.transport.connected else 0.0)
         yield redis_up
 
 
@@ -79,7 +86,8 @@ class MetricsResource(Resource):
 
 
 class HealthResource(Resource):
-    """``/livez``: the process answers. ``/readyz``: and its Redis connections are up."""
+    """``/livez``: the process answers. ``/readyz``: and its configured Redis servers are connected,
+    answering, and refusing none of its subscriptions (``Hub.not_ready``)."""
 
     isLeaf = True
 
@@ -91,9 +99,10 @@ class HealthResource(Resource):
     def render_GET(self, request: Request) -> bytes:
         request.setHeader(b"Content-Type", b"text/plain; charset=utf-8")
         request.setHeader(b"Cache-Control", b"no-cache")
-        if self.readiness and not (self.hub.groups and self.hub.connected()):
+        why = self.hub.not_ready() if self.readiness else None
+        if why is not None:
             request.setResponseCode(503)
-            return b"not ready: Redis is not connected\n"
+            return f"not ready: {why}\n".encode()
         return b"ok\n"
 
 

@@ -23,6 +23,7 @@ from zope.interface import implementer
 
 from ssebridge import frames
 from ssebridge.hub.channels import Hub
+from ssebridge.interfaces import Subscriber
 from ssebridge.routing.rules import RefusedChannel, check_channel
 from ssebridge.routing.wire import wire_text
 
@@ -437,3 +438,7 @@ def _start_unconfirmed(stream: Stream, hub: Hub, server: Hashable, channel: byte
     hub.activate_early(server, channel, stream)
     # A comment, so the client sees a live stream while Redis is away.
     stream.start(frames.comment(b"waiting for the message server") if stream.mode == "sse" else b"")
+
+
+def _conforms(stream: Stream) -> Subscriber:
+    return stream

@@ -20,6 +20,7 @@ class Stats:
         "bytes_delivered",
         "redis_connects",
         "redis_disconnects",
+        "subscribe_refusals",
         "upstream_errors",
     )
 
@@ -34,6 +35,8 @@ class Stats:
         self.bytes_delivered = 0
         self.redis_connects = 0
         self.redis_disconnects = 0
+        #: Error replies to SUBSCRIBE (NOAUTH, NOPERM...): each refusal, retries included.
+        self.subscribe_refusals = 0
         self.upstream_errors = 0
 
     def as_dict(self) -> dict[str, int]:

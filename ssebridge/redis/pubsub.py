@@ -1,10 +1,16 @@
 """The Redis pub/sub transport: one txredisapi connection per Redis server, carrying every channel.
 
-txredisapi does the connecting, AUTH/SELECT, TLS and reconnect-with-backoff. What it does not do, this
-module adds: it resubscribes every live channel after a reconnect, sends one channel per SUBSCRIBE
-(a multi-channel SUBSCRIBE desynchronises txredisapi's reply queue), keeps payloads as bytes, and
-parses the subscriber's replies itself so that every message read in one ``dataReceived`` reaches the
-hub as one batch per channel (one write per client for a burst, not one per message).
+txredisapi does the connecting, TLS and reconnect-with-backoff. What it does not do, this module adds:
+AUTH/SELECT that retry instead of giving up, resubscribing every live channel after a reconnect, one
+channel per SUBSCRIBE (a multi-channel SUBSCRIBE desynchronises replies), payloads kept as bytes, a
+health check that drops a silent connection, and a reply loop of its own (``ssebridge.redis.replies``)
+that batches messages and matches every reply to its command: a refused SUBSCRIBE (``NOAUTH``,
+``NOPERM``) is logged, reported to the sink and retried with backoff.
+
+After a connection the server closed, the next one asks the server why (``ssebridge.redis.closes``):
+a server that did not restart and closed a subscriber most likely hit its pub/sub output buffer limit.
+
+Implements ``ssebridge.interfaces.Transport``; reports only through a ``TransportSink``.
 """
 
 from __future__ import annotations
@@ -20,31 +26,19 @@ from twisted.internet.ssl import optionsForClientTLS
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
-from ssebridge.hub.channels import ChannelGroup, Hub
+from ssebridge.hub.channels import Hub
+from ssebridge.interfaces import Transport, TransportFactory, TransportSink
 from ssebridge.redis.address import RedisServer
+from ssebridge.redis.closes import CloseDiagnosis, pubsub_limit
+from ssebridge.redis.replies import ReplyLoop
+from ssebridge.redis.retries import SubscribeRetries
 
 log = Logger()
-
-_MESSAGE = b"message"
-_SUBSCRIBE = b"subscribe"
-_UNSUBSCRIBE = b"unsubscribe"
-_PUBSUB_REPLIES = frozenset([b"subscribe", b"unsubscribe", b"psubscribe", b"punsubscribe"])
-_PONG = b"pong"
-#: PING's answer outside subscribe mode (the first PING of a connection, or none subscribed).
-_PLAIN_PONG = b"PONG"
-_PING_COMMAND = b"*1\r\n$4\r\nPING\r\n"
 
 #: Seconds between liveness checks of a Redis connection, and of silence after which it is dead.
 DEFAULT_HEALTH_INTERVAL = 1.0
 DEFAULT_HEALTH_TIMEOUT = 3.0
 
-
-def encode_command(*args: bytes) -> bytes:
-    """A RESP array of bulk strings: arguments are length-prefixed, never spliced into the command."""
-    parts = [b"*%d\r\n" % len(args)]
-    for arg in args:
-        parts.append(b"$%d\r\n%s\r\n" % (len(arg), arg))
-    return b"".join(parts)
 
 
 def endpoint_for(reactor: Any, server: RedisServer) -> IStreamClientEndpoint:
@@ -58,9 +52,11 @@ def endpoint_for(reactor: Any, server: RedisServer) -> IStreamClientEndpoint:
 
 
 class _SubscriberProtocol(txredisapi.SubscriberProtocol):  # type: ignore[misc]
-    """txredisapi's subscriber, with a reply loop that batches messages and tracks subscriptions."""
+    """txredisapi's subscriber, handing its replies to the transport's reply loop once it is set up."""
 
     factory: _Factory
+    #: Set by the transport when the connection is ready; until then replies are AUTH's and SELECT's.
+    loop: ReplyLoop | None = None
 
     def connectionMade(self) -> Deferred[None]:
         return Deferred.fromCoroutine(self._handshake())
@@ -106,37 +102,14 @@ class _SubscriberProtocol(txredisapi.SubscriberProtocol):  # type: ignore[misc]
             owner.last_seen = owner.reactor.seconds()
             if not owner.answered and owner.protocol is self:
                 owner.first_answer()
-        batch: dict[bytes, list[bytes]] | None = None
-        while True:
+        while self.loop is None:
+            # AUTH and SELECT replies go to txredisapi's queue, where their Deferreds wait. The last one
+            # may make the connection ready (and set ``loop``) before the loop below runs.
             reply = reader.gets()
             if reply is False:
-                break
-            if type(reply) is list and len(reply) == 3 and reply[0] == _MESSAGE:
-                if batch is None:
-                    batch = {}
-                messages = batch.get(reply[1])
-                if messages is None:
-                    batch[reply[1]] = [reply[2]]
-                else:
-                    messages.append(reply[2])
-                continue
-            # Anything else is ordered against the messages around it: deliver what came before first.
-            if batch is not None:
-                owner.deliver(batch)
-                batch = None
-            if type(reply) is list and len(reply) == 3 and reply[0] in _PUBSUB_REPLIES:
-                # Our own SUBSCRIBE/UNSUBSCRIBE confirmations: sent raw, so no Deferred waits for them.
-                if reply[0] == _SUBSCRIBE:
-                    owner.subscribed(reply[1])
-                continue
-            if (type(reply) is list and len(reply) == 2 and reply[0] == _PONG) or reply == _PLAIN_PONG:
-                # Our own PINGs: receiving anything was the point. Nothing waits for them in
-                # txredisapi's reply queue, where they would pile up.
-                continue
-            # AUTH and SELECT replies go to txredisapi's queue, which has Deferreds waiting.
+                return
             self.replyReceived(reply)
-        if batch is not None:
-            owner.deliver(batch)
+        self.loop.process(reader)
 
 
 class _Factory(txredisapi.RedisFactory):  # type: ignore[misc]
@@ -152,7 +125,7 @@ class _Factory(txredisapi.RedisFactory):  # type: ignore[misc]
 
 
 class RedisTransport:
-    """Subscriptions to one Redis server, kept alive across disconnects.
+    """Subscriptions to one Redis server, kept alive across disconnects and refusals.
 
     ``wanted`` is the set of channels the hub wants; after every (re)connect each is subscribed again,
     so a Redis restart costs the clients only the messages published while it was away.
@@ -161,7 +134,7 @@ class RedisTransport:
     def __init__(
         self,
         server: RedisServer,
-        group: ChannelGroup,
+        sink: TransportSink,
         reactor: IReactorTime | None = None,
         health_interval: float = DEFAULT_HEALTH_INTERVAL,
         health_timeout: float = DEFAULT_HEALTH_TIMEOUT,
@@ -171,16 +144,19 @@ class RedisTransport:
 
             reactor = cast(IReactorTime, default_reactor)
         self.server = server
-        self.group = group
+        self.sink = sink
         self.reactor = reactor
         self.wanted: set[bytes] = set()
-        # SUBSCRIBEs sent and not yet confirmed, per channel: a channel is confirmed to the hub only when
-        # its last one is, so a confirmation that belongs to an older SUBSCRIBE (one followed by an
-        # UNSUBSCRIBE and a new SUBSCRIBE) never starts a stream early.
+        # SUBSCRIBEs sent and not yet answered, per channel: a channel is confirmed (or refused) to the
+        # sink only by the answer to its last one, so an answer that belongs to an older SUBSCRIBE (one
+        # followed by an UNSUBSCRIBE and a new SUBSCRIBE) never starts a stream early.
         self._inflight: dict[bytes, int] = {}
         self.protocol: _SubscriberProtocol | None = None
+        self._loop: ReplyLoop | None = None
         #: Whether Redis has sent anything on the current connection (see ``connected``).
         self.answered = False
+        #: The error Redis answers PING with (``NOAUTH``...), while it does.
+        self.ping_refused: str | None = None
         self._last_handshake_error = ""
         self.connects = 0
         self.last_seen = 0.0
@@ -188,6 +164,10 @@ class RedisTransport:
         self.health_timeout = health_timeout
         self._health: LoopingCall | None = None
         self._stopped = False
+        self.retries = SubscribeRetries(reactor, server.describe(), self._retry)
+        # Why the last connection ended, for the next one to explain.
+        self._dropping = False
+        self._closes = CloseDiagnosis(server.describe())
         factory = _Factory(
             None,
             server.db,
@@ -205,29 +185,35 @@ class RedisTransport:
 
     @property
     def connected(self) -> bool:
-        """Up: connected, and Redis has answered on this connection.
+        """Up: connected, and Redis has answered on this connection, and not with an error to PING.
 
         A stopped (SIGSTOP) Redis still completes TCP handshakes from its kernel's listen queue; a
         connection it has not answered on proves nothing, so readiness and the metrics wait for a reply.
         """
-        return self.protocol is not None and self.answered
+        return self.protocol is not None and self.answered and self.ping_refused is None
 
-    # The hub's requests.
+    def _send(self, *args: bytes) -> None:
+        if self.protocol is not None and self._loop is not None:
+            self.protocol.transport.write(self._loop.command(*args))
+
+    # Transport: the hub's requests.
 
     def subscribe(self, channel: bytes) -> None:
         self.wanted.add(channel)
+        self.retries.cancel(channel)
         if self.protocol is not None:
             self._inflight[channel] = self._inflight.get(channel, 0) + 1
-            self.protocol.transport.write(encode_command(b"SUBSCRIBE", channel))
+            self._send(b"SUBSCRIBE", channel)
 
     def unsubscribe(self, channel: bytes) -> None:
         self.wanted.discard(channel)
-        if self.protocol is not None:
-            self.protocol.transport.write(encode_command(b"UNSUBSCRIBE", channel))
+        self.retries.forget(channel)
+        self._send(b"UNSUBSCRIBE", channel)
 
     def stop(self) -> Deferred[None]:
         self._stopped = True
         self._stop_health()
+        self.retries.cancel_all()
         d = self._factory.disconnect()
         return cast(Deferred[None], d.addCallback(lambda _: None)) if d is not None else succeed(None)
 
@@ -235,11 +221,17 @@ class RedisTransport:
 
     def connection_ready(self, protocol: _SubscriberProtocol) -> None:
         self.protocol = protocol
+        loop = protocol.loop = self._loop = ReplyLoop(self)
         self._last_handshake_error = ""
         # Up once Redis answers on this connection: the PING asks it to at once.
         self.answered = False
+        self.ping_refused = None
         self.last_seen = self.reactor.seconds()
-        protocol.transport.write(_PING_COMMAND)
+        self.retries.cancel_all()
+        # Before any SUBSCRIBE: INFO and CONFIG are refused on a connection in subscribe mode.
+        out = [loop.command(b"PING"), loop.command(b"INFO", b"server")]
+        if self._closes.closed_by_server:
+            out.append(loop.command(b"CONFIG", b"GET", b"client-output-buffer-limit"))
         if self.health_interval > 0:
             self._health = LoopingCall(self._check_health)
             self._health.clock = self.reactor
@@ -250,9 +242,9 @@ class RedisTransport:
             count=len(self.wanted),
         )
         self._inflight = dict.fromkeys(self.wanted, 1)
-        if self.wanted:
-            # One channel per command, all in one write.
-            protocol.transport.write(b"".join(encode_command(b"SUBSCRIBE", ch) for ch in self.wanted))
+        # One channel per command, all in one write.
+        out.extend(loop.command(b"SUBSCRIBE", ch) for ch in self.wanted)
+        protocol.transport.write(b"".join(out))
 
     def handshake_failed(self, error: Exception) -> None:
         # Logged once per kind of error in a row: a wrong password would otherwise log every second.
@@ -269,21 +261,30 @@ class RedisTransport:
         """Redis answered on the current connection: it is up."""
         self.answered = True
         self.connects += 1
-        self.group.stats.redis_connects += 1
+        self.sink.connection_up()
 
     def connection_lost(self, protocol: _SubscriberProtocol, why: Any) -> None:
-        if self.protocol is protocol:
-            self.protocol = None
-            self.answered = False
-            self._stop_health()
-            self.group.stats.redis_disconnects += 1
-            self.group.disconnected()
-            if not self._stopped:
-                log.warn(
-                    "redis {server}: connection lost ({why}); reconnecting",
-                    server=self.server.describe(),
-                    why=why.getErrorMessage() if hasattr(why, "getErrorMessage") else why,
-                )
+        if self.protocol is not protocol:
+            return
+        self.protocol = None
+        self._loop = None
+        self.answered = False
+        self.ping_refused = None
+        self._stop_health()
+        self.retries.cancel_all()
+        # Not our health check, not a stop: the server (or the network) closed it.
+        by_server = self._closes.closed_by_server = not (self._dropping or self._stopped)
+        self._dropping = False
+        self.sink.connection_down()
+        if not self._stopped:
+            log.warn(
+                "redis {server}: connection lost ({why}){cause}; reconnecting",
+                server=self.server.describe(),
+                why=why.getErrorMessage() if hasattr(why, "getErrorMessage") else why,
+                cause=", closed by the server or the network (the next connection asks the server why)"
+                if by_server
+                else "",
+            )
 
     def _stop_health(self) -> None:
         if self._health is not None and self._health.running:
@@ -306,31 +307,85 @@ class RedisTransport:
                 server=self.server.describe(),
                 silent=silent,
             )
+            self._dropping = True
             protocol.transport.abortConnection()
             return
-        if silent >= self.health_interval * 0.5:
-            protocol.transport.write(_PING_COMMAND)
+        if silent >= self.health_interval * 0.5 or self.ping_refused is not None:
+            self._send(b"PING")
 
-    def subscribed(self, channel: bytes) -> None:
+    # ReplyHandler: the reply loop's reports.
+
+    def deliver(self, batch: dict[bytes, list[bytes]]) -> None:
+        self.sink.deliver(batch)
+
+    def replied(self, command: bytes, argument: bytes, reply: Any) -> None:
+        if command == b"SUBSCRIBE":
+            self._answered(argument, None)
+        elif command == b"PING":
+            if self.ping_refused is not None:
+                log.info("redis {server}: PING answered again", server=self.server.describe())
+                self.ping_refused = None
+        elif command == b"INFO":
+            self._closes.info(reply)
+        elif command == b"CONFIG":
+            self._closes.explain(pubsub_limit(reply))
+
+    def refused(self, command: bytes, argument: bytes, error: str) -> None:
+        if command == b"SUBSCRIBE":
+            self._answered(argument, error)
+        elif command == b"PING":
+            if self.ping_refused != error:
+                log.error(
+                    "redis {server}: PING refused ({error}); not ready while it is",
+                    server=self.server.describe(),
+                    error=error,
+                )
+            self.ping_refused = error
+        elif command == b"INFO":
+            self._closes.info(None)
+        elif command == b"CONFIG":
+            self._closes.explain(None)
+        else:
+            log.debug("redis {server}: {command} refused: {error}", command=command, error=error)
+
+    def unexpected(self, reply: Any) -> None:
+        log.warn(
+            "redis {server}: a reply no command waits for, dropped: {reply}",
+            server=self.server.describe(),
+            reply=repr(reply)[:200],
+        )
+
+    # Subscriptions answered, refused, retried.
+
+    def _answered(self, channel: bytes, error: str | None) -> None:
         left = self._inflight.get(channel, 0) - 1
         if left > 0:
             self._inflight[channel] = left
             return
         self._inflight.pop(channel, None)
-        # A confirmation for a channel nobody wants any longer is followed by our UNSUBSCRIBE.
-        if channel in self.wanted:
-            self.group.subscribed(channel)
+        # An answer for a channel nobody wants any longer is followed by our UNSUBSCRIBE.
+        if channel not in self.wanted:
+            return
+        if error is None:
+            self.retries.accepted(channel)
+            self.sink.subscribed(channel)
+        else:
+            self.retries.refused(channel, error)
+            self.sink.subscribe_failed(channel, error)
 
-    def deliver(self, batch: dict[bytes, list[bytes]]) -> None:
-        self.group.deliver(batch)
+    def _retry(self, channel: bytes) -> None:
+        if channel in self.wanted and self.protocol is not None and channel not in self._inflight:
+            self._inflight[channel] = 1
+            self._send(b"SUBSCRIBE", channel)
 
 
-def redis_transport_factory(reactor: IReactorTime | None = None) -> Any:
+def redis_transport_factory(reactor: IReactorTime | None = None) -> TransportFactory:
     """A ``TransportFactory`` for the hub: one ``RedisTransport`` per ``RedisServer`` key."""
 
-    def make(key: Hashable, group: ChannelGroup) -> RedisTransport:
-        assert isinstance(key, RedisServer)
-        return RedisTransport(key, group, reactor)
+    def make(key: Hashable, sink: TransportSink) -> Transport:
+        if not isinstance(key, RedisServer):
+            raise TypeError(f"a Redis transport needs a RedisServer key, not {key!r}")
+        return RedisTransport(key, sink, reactor)
 
     return make
 
@@ -338,3 +393,7 @@ def redis_transport_factory(reactor: IReactorTime | None = None) -> Any:
 def redis_hub(reactor: IReactorTime | None = None, **options: Any) -> Hub:
     """A ``Hub`` fed by Redis pub/sub: the usual way to make one when mounting streams yourself."""
     return Hub(redis_transport_factory(reactor), **options)
+
+
+def _conforms(transport: RedisTransport) -> Transport:
+    return transport

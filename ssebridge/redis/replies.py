@@ -1,0 +1,96 @@
+"""The subscriber connection's reply loop: every reply matched to the command that asked for it.
+
+A subscriber connection carries three kinds of traffic: pushed messages (``message``), replies to the
+commands the transport sends raw (PING, SUBSCRIBE, UNSUBSCRIBE, INFO, CONFIG GET), and, while the
+connection is set up, txredisapi's own AUTH and SELECT. Redis answers commands in order, one reply
+each (one channel per SUBSCRIBE keeps that true), so a FIFO of the commands sent says what each reply
+answers; an error reply (``NOAUTH``, ``NOPERM``...) is thereby the refusal of one known command,
+reported, never left in a queue nobody reads.
+
+Messages read together are handed on as one batch per channel (one write per client for a burst, not
+one per message); a reply between messages delivers the batch before it, so order is kept.
+
+Pure and reactor-free: ``ReplyLoop.process`` takes anything with hiredis's ``Reader.gets()``, so the
+unit tests feed it raw RESP bytes. May import: ``ssebridge.redis.resp``.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import Any, Protocol
+
+from ssebridge.redis.resp import encode_command
+
+__all__ = ["MESSAGE", "ReplyHandler", "ReplyLoop", "ReplySource"]
+
+MESSAGE = b"message"
+
+
+class ReplySource(Protocol):
+    """hiredis's ``Reader``: each ``gets()`` is one parsed reply, or ``False`` when none is complete."""
+
+    def gets(self) -> Any: ...
+
+
+class ReplyHandler(Protocol):
+    """What the loop reports to (the transport)."""
+
+    def deliver(self, batch: dict[bytes, list[bytes]]) -> None:
+        """Messages read together, per channel, in order."""
+
+    def replied(self, command: bytes, argument: bytes, reply: Any) -> None:
+        """A reply to ``command`` (upper case) sent with first argument ``argument`` (``b""``: none)."""
+
+    def refused(self, command: bytes, argument: bytes, error: str) -> None:
+        """An error reply to ``command``."""
+
+    def unexpected(self, reply: Any) -> None:
+        """A reply no command sent here waits for (dropped after this report)."""
+
+
+class ReplyLoop:
+    """The commands sent on one connection and not yet answered, and the loop that answers them."""
+
+    __slots__ = ("handler", "sent")
+
+    def __init__(self, handler: ReplyHandler) -> None:
+        self.handler = handler
+        #: (command, first argument) of every command awaiting its reply, oldest first.
+        self.sent: deque[tuple[bytes, bytes]] = deque()
+
+    def command(self, *args: bytes) -> bytes:
+        """The RESP bytes of a command to write now; its reply is expected after those sent before."""
+        self.sent.append((args[0].upper(), args[1] if len(args) > 1 else b""))
+        return encode_command(*args)
+
+    def process(self, reader: ReplySource) -> None:
+        """Handle every complete reply ``reader`` holds."""
+        handler = self.handler
+        batch: dict[bytes, list[bytes]] | None = None
+        while True:
+            reply = reader.gets()
+            if reply is False:
+                break
+            if type(reply) is list and len(reply) == 3 and reply[0] == MESSAGE:
+                if batch is None:
+                    batch = {}
+                messages = batch.get(reply[1])
+                if messages is None:
+                    batch[reply[1]] = [reply[2]]
+                else:
+                    messages.append(reply[2])
+                continue
+            # Anything else is ordered against the messages around it: deliver what came before first.
+            if batch is not None:
+                handler.deliver(batch)
+                batch = None
+            if not self.sent:
+                handler.unexpected(reply)
+                continue
+            command, argument = self.sent.popleft()
+            if isinstance(reply, Exception):
+                handler.refused(command, argument, str(reply) or type(reply).__name__)
+            else:
+                handler.replied(command, argument, reply)
+        if batch is not None:
+            handler.deliver(batch)

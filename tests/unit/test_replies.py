@@ -1,0 +1,115 @@
+"""The subscriber's reply loop fed raw RESP bytes: messages batch per channel in order, and every
+other reply, errors included, reaches the command that asked for it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import hiredis
+from txredisapi import ResponseError
+
+from ssebridge.redis.closes import pubsub_limit, run_id_of
+from ssebridge.redis.replies import ReplyLoop
+from ssebridge.redis.resp import encode_command
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.events: list[tuple[Any, ...]] = []
+
+    def deliver(self, batch: dict[bytes, list[bytes]]) -> None:
+        self.events.append(("deliver", batch))
+
+    def replied(self, command: bytes, argument: bytes, reply: Any) -> None:
+        self.events.append(("replied", command, argument, reply))
+
+    def refused(self, command: bytes, argument: bytes, error: str) -> None:
+        self.events.append(("refused", command, argument, error))
+
+    def unexpected(self, reply: Any) -> None:
+        self.events.append(("unexpected", reply))
+
+
+def feed(loop: ReplyLoop, data: bytes) -> None:
+    reader = hiredis.Reader(replyError=ResponseError)
+    reader.feed(data)
+    loop.process(reader)
+
+
+def message(channel: bytes, data: bytes) -> bytes:
+    return b"*3\r\n$7\r\nmessage\r\n$%d\r\n%s\r\n$%d\r\n%s\r\n" % (len(channel), channel, len(data), data)
+
+
+def test_commands_are_encoded_and_remembered_in_order() -> None:
+    loop = ReplyLoop(Recorder())
+    assert loop.command(b"SUBSCRIBE", b"a b") == encode_command(b"SUBSCRIBE", b"a b")
+    loop.command(b"PING")
+    assert list(loop.sent) == [(b"SUBSCRIBE", b"a b"), (b"PING", b"")]
+
+
+def test_errors_reach_the_command_they_answer_and_nothing_is_left_queued() -> None:
+    recorder = Recorder()
+    loop = ReplyLoop(recorder)
+    for args in ((b"PING",), (b"SUBSCRIBE", b"ok"), (b"SUBSCRIBE", b"secret"), (b"UNSUBSCRIBE", b"ok")):
+        loop.command(*args)
+    feed(
+        loop,
+        b"+PONG\r\n"
+        b"*3\r\n$9\r\nsubscribe\r\n$2\r\nok\r\n:1\r\n"
+        + message(b"ok", b"1")
+        + b"-NOPERM this user has no permissions to access one of the channels used as arguments\r\n"
+        + message(b"ok", b"2")
+        + b"*3\r\n$11\r\nunsubscribe\r\n$2\r\nok\r\n:0\r\n",
+    )
+    assert recorder.events == [
+        ("replied", b"PING", b"", b"PONG"),
+        ("replied", b"SUBSCRIBE", b"ok", [b"subscribe", b"ok", 1]),
+        ("deliver", {b"ok": [b"1"]}),
+        (
+            "refused",
+            b"SUBSCRIBE",
+            b"secret",
+            "NOPERM this user has no permissions to access one of the channels used as arguments",
+        ),
+        ("deliver", {b"ok": [b"2"]}),
+        ("replied", b"UNSUBSCRIBE", b"ok", [b"unsubscribe", b"ok", 0]),
+    ]
+    assert not loop.sent
+
+
+def test_messages_read_together_are_one_batch_per_channel_in_order() -> None:
+    recorder = Recorder()
+    loop = ReplyLoop(recorder)
+    feed(loop, message(b"a", b"1") + message(b"b", b"x") + message(b"a", b"2") + message(b"a", b"3"))
+    assert recorder.events == [("deliver", {b"a": [b"1", b"2", b"3"], b"b": [b"x"]})]
+
+
+def test_a_reply_nothing_asked_for_is_reported_not_queued() -> None:
+    recorder = Recorder()
+    loop = ReplyLoop(recorder)
+    feed(loop, b"-NOAUTH Authentication required.\r\n")
+    assert recorder.events[0][0] == "unexpected"
+    assert not loop.sent
+
+
+def test_a_reply_split_across_reads_waits_for_its_end() -> None:
+    recorder = Recorder()
+    loop = ReplyLoop(recorder)
+    reader = hiredis.Reader(replyError=ResponseError)
+    data = message(b"a", b"hello")
+    reader.feed(data[:10])
+    loop.process(reader)
+    assert recorder.events == []
+    reader.feed(data[10:])
+    loop.process(reader)
+    assert recorder.events == [("deliver", {b"a": [b"hello"]})]
+
+
+def test_what_the_next_connection_reads_of_a_close() -> None:
+    limits = b"normal 0 0 0 slave 268435456 67108864 60 pubsub 1048576 1048576 0"
+    reply = [b"client-output-buffer-limit", limits]
+    assert pubsub_limit(reply) == "pubsub hard 1048576 bytes, soft 1048576 bytes for 0 s; 0 is no limit"
+    assert pubsub_limit([b"x", b"normal 0 0 0"]) is None
+    assert pubsub_limit(ResponseError("NOPERM")) is None
+    assert run_id_of(b"# Server\r\nredis_version:7.0.15\r\nrun_id:abc123\r\n") == b"abc123"
+    assert run_id_of(None) is None
