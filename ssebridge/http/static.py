@@ -15,11 +15,12 @@ Two ways to mount it:
 Both look at ``request.path`` (the full, still percent-encoded URL path), never at
 ``prepath``/``postpath``, so where the resource is mounted does not change what it serves.
 
-Path safety is decided here, before ``twisted.web.static.File`` sees anything: the URL rest is
+Path safety is decided here, before any file is opened: the URL rest is
 split on ``/`` *before* percent-decoding, each segment is decoded once, and a segment that decodes
 to a separator, a NUL, a ``%`` (double encoding), ``.`` or ``..`` is refused; invalid UTF-8 and
 broken escapes are malformed (400). The joined path is then resolved with symlinks and must still
-lie inside the resolved root. ``File`` only ever gets a regular file that passed these checks.
+lie inside the resolved root. Only a regular file that passed these checks is opened (and checked
+again on its descriptor); ``Range`` requests are answered by ``ssebridge.http.ranges``.
 """
 
 from __future__ import annotations
@@ -30,16 +31,16 @@ import re
 import stat
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import IO
 from urllib.parse import quote
 
 from twisted.logger import Logger
 from twisted.web import http
 from twisted.web.resource import Resource
-from twisted.web.server import Request
-from twisted.web.static import File
+from twisted.web.server import NOT_DONE_YET, Request
 
 from ssebridge.config.model import StaticMap
+from ssebridge.http.ranges import FileRangeProducer, select_range
 
 __all__ = [
     "CONTENT_TYPES",
@@ -269,11 +270,12 @@ class _Refusal(Resource):
 
 
 class _StaticFile(Resource):
-    """One validated regular file: GET and HEAD through ``twisted.web.static.File``, else 405.
+    """One validated regular file: GET and HEAD, else 405.
 
-    ``File`` brings Last-Modified, If-Modified-Since (304), Range and HEAD; it is only ever
-    handed a resolved regular file, so its own directory handling (redirects, listings) never
-    runs.
+    Last-Modified and If-Modified-Since (304) come from twisted.web's ``Request``; ``Range`` and
+    ``If-Range`` are decided by ``ssebridge.http.ranges`` (at most one span of the file, never more
+    bytes than the file has). twisted.web's ``File`` is not used: its multi-range producer hung and
+    amplified.
     """
 
     isLeaf = True
@@ -281,6 +283,25 @@ class _StaticFile(Resource):
     def __init__(self, path: Path) -> None:
         super().__init__()  # type: ignore[no-untyped-call]
         self.path = path
+
+    def _open(self) -> tuple[IO[bytes], os.stat_result] | int:
+        """The file, opened and checked on its descriptor (no race with the path), or a status."""
+        try:
+            # O_NONBLOCK: a FIFO swapped in after the check must not block the reactor in open().
+            fd = os.open(self.path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        except PermissionError:
+            return http.FORBIDDEN
+        except OSError:
+            return http.NOT_FOUND
+        try:
+            info = os.fstat(fd)
+        except OSError:
+            os.close(fd)
+            return http.NOT_FOUND
+        if not stat.S_ISREG(info.st_mode):
+            os.close(fd)
+            return http.NOT_FOUND
+        return os.fdopen(fd, "rb", buffering=0), info
 
     def render(self, request: Request) -> bytes | int:
         if request.method not in _ALLOWED_METHODS:
@@ -290,17 +311,45 @@ class _StaticFile(Resource):
                 {b"allow": b", ".join(_ALLOWED_METHODS), b"content-type": b"text/plain; charset=utf-8"},
             )
             return b"Method Not Allowed\n"
-        # Any: File's render_GET and its attributes are untyped in Twisted.
-        served: Any = File(os.fspath(self.path), defaultType=DEFAULT_CONTENT_TYPE)
-        # Setting type/encoding up front stops File from consulting the host's mime.types
-        # and from turning ".gz" into a Content-Encoding.
-        served.type = content_type_for(self.path)
-        served.encoding = None
-        # File's own 404 answers the race where the file vanished after our check.
-        served.childNotFound = _Refusal(http.NOT_FOUND)
-        _set_headers(request, {b"x-content-type-options": b"nosniff"})
-        result: bytes | int = served.render_GET(request)
-        return result
+        opened = self._open()
+        if isinstance(opened, int):
+            # Answers the race where the file vanished or changed after our check.
+            return _Refusal(opened).render(request)
+        file, info = opened
+        _set_headers(
+            request,
+            {
+                b"x-content-type-options": b"nosniff",
+                b"accept-ranges": b"bytes",
+                b"content-type": content_type_for(self.path).encode("ascii"),
+            },
+        )
+        if request.setLastModified(info.st_mtime) is http.CACHED:
+            file.close()
+            return b""
+        size = info.st_size
+        if request.method == b"HEAD":
+            # RFC 9110 14.2: Range is defined for GET only.
+            file.close()
+            request.setHeader(b"content-length", b"%d" % size)
+            return b""
+        selection = select_range(
+            request.requestHeaders.getRawHeaders(b"range"),
+            size,
+            request.getHeader(b"if-range"),
+            info.st_mtime,
+        )
+        request.setResponseCode(selection.status)
+        content_range = selection.content_range(size)
+        if content_range is not None:
+            request.setHeader(b"content-range", content_range)
+        request.setHeader(b"content-length", b"%d" % selection.length)
+        if selection.status == http.REQUESTED_RANGE_NOT_SATISFIABLE:
+            file.close()
+            return b""
+        what = request.path.decode("ascii", "backslashreplace")
+        FileRangeProducer(request, file, selection.offset, selection.length, what).start()
+        return NOT_DONE_YET
 
 
 def static_resource_for(maps: Sequence[StaticMap], request: Request) -> Resource | None:
