@@ -12,9 +12,10 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 from ssebridge.config.endpoint import listen_endpoint
-from ssebridge.redis.address import RedisServer, parse_server
+from ssebridge.redis.address import parse_server
 
 __all__ = [
     "SETTINGS",
@@ -31,10 +32,30 @@ __all__ = [
 
 SettingType = Literal["int", "float", "str", "count", "bool"]
 
+#: Upper bounds, so a value that would only fail at run time (a timer Twisted cannot arm, more
+#: processes than a machine runs) is a load-time error instead.
+MAX_SECONDS = 86400.0
+MAX_BYTES = 2**40
+MAX_STREAMS = 10_000_000
+MAX_WORKERS = 1024
+MAX_THREADS = 1024
+
+
+@dataclass(frozen=True)
+class Check:
+    """A value's check, and the values it accepts in words (for the docs' key table)."""
+
+    accepts: str
+    run: Callable[[Any], Any]
+
+    def __call__(self, value: Any) -> Any:
+        return self.run(value)
+
 
 @dataclass(frozen=True)
 class Setting:
-    """One scalar key: its ``Config`` field, its names in each syntax, its type and its check.
+    """One scalar key: its ``Config`` field, its names in each syntax, its type, its check and what it
+    means (``doc``, the "meaning" column of docs/configuration.md's key table).
 
     ``check`` receives the value already of ``type`` and returns what ``Config`` stores, raising
     ``ValueError`` with a short problem when the value is out of range.
@@ -47,65 +68,110 @@ class Setting:
     check: Callable[[Any], Any]
     doc: str
 
+    @property
+    def accepts(self) -> str:
+        """The values the key takes, in words."""
+        kind = {"int": "integer ", "float": "number "}.get(self.type, "")
+        return kind + str(getattr(self.check, "accepts", ""))
 
-def _at_least(minimum: float) -> Callable[[Any], Any]:
+
+def _num(value: float) -> str:
+    return f"{int(value):,}" if float(value).is_integer() else f"{value:g}"
+
+
+def _at_least(minimum: float, maximum: float | None = None) -> Check:
     def check(value: Any) -> Any:
         if value < minimum:
             raise ValueError(f"must be at least {minimum:g}, not {value}")
+        if maximum is not None and value > maximum:
+            raise ValueError(f"must be at most {_num(maximum)}, not {value:g}")
         return value
 
-    return check
+    return Check(f"{_num(minimum)} to {_num(maximum)}" if maximum is not None else f"≥ {minimum:g}", check)
 
 
-def _positive(value: Any) -> Any:
-    if value <= 0:
-        raise ValueError(f"must be greater than 0, not {value}")
-    return value
+def _above_zero(maximum: float) -> Check:
+    def check(value: Any) -> Any:
+        if value <= 0:
+            raise ValueError(f"must be greater than 0, not {value}")
+        if value > maximum:
+            raise ValueError(f"must be at most {_num(maximum)}, not {value:g}")
+        return value
+
+    return Check(f"> 0, at most {_num(maximum)}", check)
 
 
-def _workers(value: Any) -> int:
+_positive = Check("> 0", _above_zero(math.inf).run)
+
+
+def _workers_check(value: Any) -> int:
     text = str(value).strip()
     if text == "auto":
         return len(os.sched_getaffinity(0))
-    if not text.isdigit() or int(text) < 1:
-        raise ValueError(f"must be a whole number of at least 1 or 'auto', not {text!r}")
+    if not text.isdigit() or not 1 <= int(text) <= MAX_WORKERS:
+        raise ValueError(f"must be a whole number from 1 to {MAX_WORKERS} or 'auto', not {text!r}")
     return int(text)
 
 
-def _endpoint_or_empty(value: Any) -> str:
+_workers = Check(f"1 to {_num(MAX_WORKERS)}, or `auto`", _workers_check)
+
+
+def _endpoint_or_empty_check(value: Any) -> str:
     return listen_endpoint(value) if str(value).strip() else ""
 
 
-def _path_or_empty(value: Any) -> str:
+_endpoint_or_empty = Check("endpoint, or empty", _endpoint_or_empty_check)
+
+
+def _path_or_empty_check(value: Any) -> str:
     text = str(value).strip()
     if text and (not text.startswith("/") or text == "/" or any(c in text for c in "?#\r\n\x00")):
         raise ValueError(f"must be an absolute path like /metrics, not {text!r}")
     return text.rstrip("/")
 
 
+_path_or_empty = Check("path, or empty", _path_or_empty_check)
+
 _TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 _MODULE = re.compile(r"[A-Za-z_][\w.]*(:[A-Za-z_][\w.]*)?")
 
 
-def _header_name(value: Any) -> str:
+def _header_name_check(value: Any) -> str:
     text = str(value).strip()
     if not _TOKEN.fullmatch(text):
         raise ValueError(f"{text!r} is not a header name")
     return text
 
 
-def _wsgi_module(value: Any) -> str:
+_header_name = Check("header name", _header_name_check)
+
+
+def _wsgi_module_check(value: Any) -> str:
     text = str(value).strip()
     if not _MODULE.fullmatch(text):
         raise ValueError(f"{text!r} is not pkg.module or pkg.module:callable")
     return text
 
 
-def _proxy_url(value: Any) -> str:
+_wsgi_module = Check("`pkg.module:callable`", _wsgi_module_check)
+
+
+def _proxy_url_check(value: Any) -> str:
     text = str(value).strip()
     if not re.fullmatch(r"https?://[^\s/?#]+(/[^\s?#]*)?", text):
         raise ValueError(f"{text!r} is not an http:// or https:// URL")
+    try:
+        # urlsplit checks the port only when asked: 99999 would fail on the first request.
+        parts = urlsplit(text)
+        port = parts.port
+    except ValueError:
+        raise ValueError(f"{text!r}: the port is not a number in 1-65535") from None
+    if port == 0 or not parts.hostname:
+        raise ValueError(f"{text!r} needs a host and a port in 1-65535")
     return text.rstrip("/")
+
+
+_proxy_url = Check("`http://` or `https://` URL", _proxy_url_check)
 
 
 def header_mapping(text: str) -> tuple[str, str]:
@@ -119,9 +185,10 @@ def header_mapping(text: str) -> tuple[str, str]:
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
 
-
-def _server(value: Any) -> RedisServer:
-    return parse_server(value)
+_server = Check("Redis address", parse_server)
+_bool = Check("`true` or `false`", lambda value: value)
+_seconds = _at_least(0, MAX_SECONDS)
+_seconds_above_zero = _above_zero(MAX_SECONDS)
 
 
 def _setting(name: str, type: SettingType, check: Callable[[Any], Any], doc: str, *aliases: str) -> Setting:
@@ -130,29 +197,148 @@ def _setting(name: str, type: SettingType, check: Callable[[Any], Any], doc: str
 
 
 SETTINGS: tuple[Setting, ...] = (
-    _setting("redis", "str", _server, "the default Redis server", "redis-server"),
-    _setting("offload_threads", "int", _at_least(0), "uWSGI's offload threads: accepted, not needed"),
-    _setting("heartbeat", "float", _at_least(0), "seconds between heartbeat comments; 0: none"),
-    _setting("max_streams", "int", _at_least(0), "most open streams; 0: from the open-files limit"),
-    _setting("client_buffer", "int", _positive, "bytes queued for one slow client before it is dropped"),
-    _setting("max_message_size", "int", _at_least(0), "largest Redis message delivered; 0: no limit"),
-    _setting("confirm_timeout", "float", _positive, "seconds to wait for Redis to confirm a subscription"),
     _setting(
-        "header_timeout", "float", _at_least(0), "seconds a client has to send its headers; 0: no limit"
+        "redis",
+        "str",
+        _server,
+        "the default Redis server (a route's `server=` names another): `host:port`, a unix socket "
+        "path, or a `redis://`, `rediss://` or `unix://` URL with credentials",
+        "redis-server",
     ),
-    _setting("shutdown_window", "float", _at_least(0), "seconds over which streams are closed on shutdown"),
-    _setting("retry_ms", "int", _at_least(0), "SSE retry hint (ms) sent to streams closed on shutdown"),
-    _setting("workers", "count", _workers, "bridge processes sharing the listeners; auto: one per core"),
-    _setting("metrics_listen", "str", _endpoint_or_empty, "separate listener for metrics and health"),
-    _setting("metrics_path", "str", _path_or_empty, "path of the metrics on the main listener"),
-    _setting("idle_timeout", "float", _positive, "seconds an idle keep-alive connection is kept"),
-    _setting("max_body", "int", _positive, "largest request body accepted, in bytes"),
-    Setting("wsgi_module", "wsgi", ("module", "wsgi"), "str", _wsgi_module, "the WSGI app: pkg.mod:callable"),
-    _setting("proxy", "str", _proxy_url, "base URL of an HTTP upstream app"),
-    _setting("threads", "int", _positive, "threads running the in-process WSGI app"),
-    _setting("upstream_timeout", "float", _positive, "seconds to wait for the upstream's headers"),
-    _setting("forwarded", "bool", lambda v: v, "trust/send X-Forwarded-* headers"),
-    _setting("offload_header", "str", _header_name, "response header naming a channel to offload to"),
+    _setting(
+        "offload_threads",
+        "int",
+        _at_least(0, MAX_THREADS),
+        "uWSGI's offload threads: accepted for compatibility; the reactor needs none",
+    ),
+    _setting(
+        "heartbeat",
+        "float",
+        _seconds,
+        "seconds between heartbeat comments (a bare `:` line) on every `sse` stream (`sseraw` streams "
+        "carry the app's bytes alone), so proxies keep quiet streams open and dead clients are found; "
+        "`0` turns them off",
+    ),
+    _setting(
+        "max_streams",
+        "int",
+        _at_least(0, MAX_STREAMS),
+        "most streams open at once; past it, 503 with `Retry-After`; `0` derives it from the "
+        "open-files limit (which the bridge raises to its hard limit)",
+    ),
+    _setting(
+        "client_buffer",
+        "int",
+        _above_zero(MAX_BYTES),
+        "bytes queued for a client that reads too slowly before it is disconnected; a route's "
+        "`buffer_size=` can raise it for that route, never lower it",
+    ),
+    _setting(
+        "max_message_size",
+        "int",
+        _at_least(0, MAX_BYTES),
+        "largest Redis message delivered, in bytes; larger ones are dropped and counted; `0`: no limit",
+    ),
+    _setting(
+        "confirm_timeout",
+        "float",
+        _seconds_above_zero,
+        "seconds a new stream waits for Redis to confirm its subscription before starting anyway",
+    ),
+    _setting(
+        "header_timeout",
+        "float",
+        _seconds,
+        "seconds a client has to send its request headers; `0`: no deadline",
+    ),
+    _setting(
+        "shutdown_window",
+        "float",
+        _seconds,
+        "on shutdown, streams are closed spread over this many seconds",
+    ),
+    _setting(
+        "retry_ms",
+        "int",
+        _at_least(0, MAX_SECONDS * 1000),
+        "the SSE `retry:` hint, in milliseconds, sent to `sse` streams closed on shutdown (plus a "
+        "random share of the window)",
+    ),
+    _setting(
+        "workers",
+        "count",
+        _workers,
+        "bridge processes sharing the listeners (`SO_REUSEPORT` for TCP); `auto`: one per core. The "
+        "parent runs the mules and restarts a worker that dies",
+    ),
+    _setting(
+        "metrics_listen",
+        "str",
+        _endpoint_or_empty,
+        "a separate listener for `/metrics` (Prometheus text), `/livez` and `/readyz`; with `workers`, "
+        "worker *i* listens on the port plus *i* (a unix path plus `.i`); empty: none",
+    ),
+    _setting(
+        "metrics_path",
+        "str",
+        _path_or_empty,
+        "serve the metrics on the main listener at this path, with `livez`/`readyz` beside it; prefer "
+        "`metrics_listen` on a public port; empty: none",
+    ),
+    _setting(
+        "idle_timeout",
+        "float",
+        _seconds_above_zero,
+        "seconds an idle keep-alive connection (not a stream) is kept",
+    ),
+    _setting(
+        "max_body",
+        "int",
+        _above_zero(MAX_BYTES),
+        "largest request body accepted for the upstream app, in bytes; larger: 413 before the app "
+        "sees it",
+    ),
+    Setting(
+        "wsgi_module",
+        "wsgi",
+        ("module", "wsgi"),
+        "str",
+        _wsgi_module,
+        "the WSGI app as `pkg.module:callable` (the working directory is importable)",
+    ),
+    _setting(
+        "proxy",
+        "str",
+        _proxy_url,
+        "base URL of a remote HTTP app; requests and bodies are streamed through a persistent "
+        "connection pool",
+    ),
+    _setting(
+        "threads",
+        "int",
+        _above_zero(MAX_THREADS),
+        "threads running the in-process WSGI app",
+    ),
+    _setting(
+        "upstream_timeout",
+        "float",
+        _seconds_above_zero,
+        "seconds to wait for the app's response headers before answering 504; an in-process request "
+        "still queued for a thread by then is never run",
+    ),
+    _setting(
+        "forwarded",
+        "bool",
+        _bool,
+        "proxy: send `X-Forwarded-For/-Proto/-Host`; in-process: trust them for `REMOTE_ADDR`, the URL "
+        "scheme and the host",
+    ),
+    _setting(
+        "offload_header",
+        "str",
+        _header_name,
+        "the response header by which an app hands a connection over with no rule",
+    ),
 )
 SETTINGS_BY_TOML = {s.toml: s for s in SETTINGS}
 SETTINGS_BY_INI = {name: s for s in SETTINGS for name in s.ini}

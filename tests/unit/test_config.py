@@ -844,3 +844,15 @@ def test_auto_is_one_worker_per_core(tmp_path: Path) -> None:
     cores = len(os.sched_getaffinity(0))
     assert load_config(write(tmp_path, "a.toml", 'workers = "auto"\n')).workers == cores
     assert load_config(write(tmp_path, "a.ini", "[uwsgi]\nworkers = auto\n")).workers == cores
+
+
+def test_docs_key_table_is_rendered_from_the_settings() -> None:
+    """docs/configuration.md's key table is ``Setting.doc`` and the defaults, rendered; refresh it with
+    ``python -m ssebridge.config.reference --write docs/configuration.md``."""
+    from ssebridge.config.reference import settings_table, with_table
+
+    page = (REPO / "docs" / "configuration.md").read_text()
+    assert with_table(page) == page
+    for setting in SETTINGS:
+        assert f"| `{setting.toml}` |" in settings_table()
+        assert setting.doc and setting.accepts

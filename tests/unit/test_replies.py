@@ -11,6 +11,7 @@ from txredisapi import ResponseError
 from ssebridge.redis.closes import pubsub_limit, run_id_of
 from ssebridge.redis.replies import ReplyLoop
 from ssebridge.redis.resp import encode_command
+from ssebridge.redis.retries import SUBSCRIBE_RETRY_INITIAL, SUBSCRIBE_RETRY_MAX, retry_delay
 
 
 class Recorder:
@@ -113,3 +114,11 @@ def test_what_the_next_connection_reads_of_a_close() -> None:
     assert pubsub_limit(ResponseError("NOPERM")) is None
     assert run_id_of(b"# Server\r\nredis_version:7.0.15\r\nrun_id:abc123\r\n") == b"abc123"
     assert run_id_of(None) is None
+
+
+def test_refused_subscriptions_retry_with_a_bounded_jittered_backoff() -> None:
+    first = [retry_delay(1) for _ in range(200)]
+    assert all(SUBSCRIBE_RETRY_INITIAL / 2 <= d <= SUBSCRIBE_RETRY_INITIAL for d in first)
+    assert len(set(first)) > 1
+    assert all(d <= SUBSCRIBE_RETRY_MAX for n in range(1, 100) for d in [retry_delay(n)])
+    assert max(retry_delay(1000) for _ in range(200)) > SUBSCRIBE_RETRY_MAX / 2
