@@ -26,7 +26,9 @@ from ssebridge import frames
 from ssebridge.config.model import StaticMap
 from ssebridge.http.static import static_resource_for
 from ssebridge.http.stream import DEFAULT_MAX_BUFFER, Stream, attach_stream
+from ssebridge.http.takeover import gone
 from ssebridge.hub.channels import Hub
+from ssebridge.logs import printable
 from ssebridge.publish.offload import OFFLOAD_HEADER, OFFLOAD_VARIABLE
 from ssebridge.redis.address import DEFAULT_SERVER, RedisServer
 from ssebridge.routing.rules import (
@@ -34,12 +36,13 @@ from ssebridge.routing.rules import (
     RefusedChannel,
     Resolved,
     Rule,
+    declared_servers,
     resolve_action,
     resolve_request,
     resolve_response,
 )
 from ssebridge.routing.wire import wire_text
-from ssebridge.upstream.base import Upstream, UpstreamError, UpstreamReply
+from ssebridge.upstream.base import HOP_BY_HOP, Upstream, UpstreamError, UpstreamReply
 
 log = Logger()
 
@@ -129,19 +132,10 @@ class _StreamStart(Resource):
 
 
 #: Response headers of the app that a stream does not carry over (a stream sets its own framing).
-_NOT_ON_A_STREAM = frozenset(
-    [
-        b"content-type",
-        b"content-length",
-        b"content-encoding",
-        b"transfer-encoding",
-        b"connection",
-        b"keep-alive",
-    ]
-)
-_HOP_BY_HOP = frozenset(
-    [b"connection", b"keep-alive", b"transfer-encoding", b"te", b"trailer", b"upgrade", b"proxy-connection"]
-)
+_NOT_ON_A_STREAM = HOP_BY_HOP | {b"content-type", b"content-length", b"content-encoding"}
+#: Response headers never passed through: the one hop-by-hop set (the upstreams have already removed
+#: what the reply's ``Connection`` names, with ``strip_hop_by_hop``).
+_HOP_BY_HOP = HOP_BY_HOP
 
 
 def _write_text(request: Request, code: int, text: str) -> None:
@@ -153,12 +147,13 @@ def _write_text(request: Request, code: int, text: str) -> None:
 
 
 def _finish(request: Request) -> None:
-    if not request.finished and not request._disconnected:
+    if not gone(request):
         request.finish()
 
 
 class _Guard(Resource):
-    """Refuses a request whose path is not UTF-8 before Klein sees it (Klein logs a traceback)."""
+    """Refuses, before Klein sees it, a request no rule should: a target that is not a UTF-8 path
+    (Klein would log a traceback), or more than one ``Host`` field."""
 
     isLeaf = True
 
@@ -170,12 +165,19 @@ class _Guard(Resource):
         if not request.uri.startswith(b"/"):
             # "*", "host:port/x", absolute URLs: an origin server's requests name a path. Forwarded to a
             # proxy upstream, anything else could pick another host or port to connect to.
-            log.info("refused request: the target is not a path")
+            log.info("refused request: the target {target} is not a path", target=printable(request.uri))
             return _Text(400, "Bad request: the request target must be a path").render(request)
+        hosts = request.requestHeaders.getRawHeaders(b"host") or []
+        if len(hosts) > 1:
+            # RFC 9112 3.2: 400. The rules would see "a, b" and a proxy upstream the last one.
+            log.info(
+                "refused request: {count} Host fields", count=len(hosts), hosts=printable(b", ".join(hosts))
+            )
+            return _Text(400, "Bad request: more than one Host field").render(request)
         try:
             unquote_to_bytes(request.path).decode("utf-8")
         except UnicodeDecodeError:
-            log.info("refused request: path is not valid UTF-8")
+            log.info("refused request: path {path} is not valid UTF-8", path=printable(request.path))
             return _Text(400, "Bad request: path is not valid UTF-8").render(request)
         # Where the router is mounted, before Klein moves path segments around: the rules see the path
         # below it, as a mounted WSGI app sees PATH_INFO below SCRIPT_NAME.
@@ -246,6 +248,8 @@ class Bridge:
         self.rules = tuple(rules)
         self.static_maps = tuple(static_maps)
         self.default_server = default_server
+        #: Where a templated ``server=`` may point: refused with 400 elsewhere, before any connection.
+        self.servers = declared_servers(default_server, self.rules)
         self.max_buffer = max_buffer
         self.confirm_timeout = confirm_timeout
         self.max_streams = max_streams
@@ -368,7 +372,7 @@ class Bridge:
         if fixed is not None:
             return fixed
         try:
-            resolved = resolve_request(self.rules, variables, self.default_server)
+            resolved = resolve_request(self.rules, variables, self.default_server, self.servers)
         except RefusedChannel as e:
             log.info("refused channel for {path!r}: {why}", path=variables["PATH_INFO"], why=str(e))
             return _Text(400, f"Bad request: {e}")
@@ -386,7 +390,7 @@ class Bridge:
 
     def upstream_replied(self, request: Request, variables: dict[str, str], reply: UpstreamReply) -> None:
         """Decide what the upstream's reply becomes, then write it."""
-        if request.finished or request._disconnected:
+        if gone(request):
             reply.discard_body()
             return
         merged = {**variables, **reply.variables}
@@ -396,14 +400,16 @@ class Bridge:
             if name.lower() == self.offload_header:
                 native = value
         try:
-            resolved = resolve_response(self.rules, merged, self.default_server)
+            resolved = resolve_response(self.rules, merged, self.default_server, self.servers)
             if resolved is None:
                 # No rule took it: the native signals need none, the header or the seed's variable.
                 channel = wire_text(native) if native is not None else None
                 if channel is None:
                     channel = reply.variables.get(OFFLOAD_VARIABLE)
                 if channel is not None:
-                    resolved = resolve_action(Action("sse", channel), merged, self.default_server)
+                    resolved = resolve_action(
+                        Action("sse", channel), merged, self.default_server, servers=self.servers
+                    )
         except RefusedChannel as e:
             reply.discard_body()
             log.warn("upstream offload refused for {path!r}: {why}", path=variables["PATH_INFO"], why=str(e))
@@ -433,7 +439,7 @@ class Bridge:
         d.addBoth(lambda _: _finish(request))
 
     def upstream_failed(self, request: Request, failure: Failure) -> None:
-        if request.finished or request._disconnected:
+        if gone(request):
             return
         self.hub.stats.upstream_errors += 1
         if failure.check(UpstreamError):

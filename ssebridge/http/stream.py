@@ -9,10 +9,10 @@ be mounted in any twisted.web ``Site`` or returned from a Klein route.
 from __future__ import annotations
 
 import time
+from collections import deque
 from collections.abc import Callable, Hashable
 from typing import Any
 
-from twisted.internet import tcp
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.interfaces import IPushProducer, IReactorTime
 from twisted.logger import Logger
@@ -22,6 +22,7 @@ from twisted.web.server import NOT_DONE_YET, Request
 from zope.interface import implementer
 
 from ssebridge import frames
+from ssebridge.http.takeover import GONE, direct_sender, gone, take_over
 from ssebridge.hub.channels import Hub
 from ssebridge.interfaces import Subscriber
 from ssebridge.routing.rules import RefusedChannel, check_channel
@@ -35,6 +36,9 @@ DEFAULT_MAX_BUFFER = 1024 * 1024
 
 #: The close reason of a client cut off for not reading fast enough.
 SLOW_CLIENT = "slow client"
+
+#: The most a stream hands Twisted's per-connection buffer in one write (see ``Stream._drain``).
+PIECE = 64 * 1024
 
 _last_data = b""
 _last_chunk = b"0\r\n\r\n"
@@ -81,14 +85,14 @@ class Stream:
         "_transport",
         "_chunked",
         "_paused",
-        "_pending",
-        "_pending_bytes",
+        "_queue",
+        "_queued",
         "_max_buffer",
         "_closed",
         "_started",
         "_on_close",
         "_status",
-        "_sock_send",
+        "_direct",
         "_peer",
         "opened_at",
         "frames",
@@ -114,15 +118,18 @@ class Stream:
         self._transport: Any = None
         self._chunked = False
         self._paused = False
-        self._pending: list[bytes] = []
-        self._pending_bytes = 0
+        # Payloads (chunk-framed when chunked) not yet handed to the transport, oldest first. Shared
+        # frames are queued as they are, or as a memoryview of their unsent rest: never a copy per
+        # client. ``_queued`` counts their bytes: what the client's buffer bound applies to.
+        self._queue: deque[bytes | memoryview] = deque()
+        self._queued = 0
         self._max_buffer = max_buffer
         self._closed = False
         self._started = False
         self._on_close = on_close
         self._status = status
-        #: ``socket.send`` of a taken-over connection while it may be written to directly, else None.
-        self._sock_send: Callable[[bytes], int] | None = None
+        #: Sends straight to a taken-over connection's socket (``takeover.direct_sender``), else None.
+        self._direct: Callable[[bytes], int] | None = None
         client = request.getClientAddress()
         self._peer: str = getattr(client, "host", None) or str(client)
         self.opened_at = time.monotonic()
@@ -141,6 +148,11 @@ class Stream:
     @property
     def closed(self) -> bool:
         return self._closed
+
+    @property
+    def queued_bytes(self) -> int:
+        """Bytes waiting in this stream's own queue (beyond the kernel's and Twisted's buffers)."""
+        return self._queued
 
     @property
     def channel(self) -> bytes:
@@ -166,29 +178,17 @@ class Stream:
         )
         self._chunked = bool(request.chunked)
         channel = request.channel
-        transport = channel.transport if channel is not None else None
-        self._transport = transport
-        if transport is None or request.method == b"HEAD":
+        self._transport = channel.transport if channel is not None else None
+        if self._transport is None or request.method == b"HEAD":
             self.close("no body")
             return
-        if isinstance(transport, tcp.Connection):
-            self._take_over(request, channel, transport)
-        else:
+        taken = take_over(request, self)
+        if taken is None:
             request.registerProducer(self, True)
-
-    def _take_over(self, request: Request, channel: Any, transport: tcp.Connection) -> None:
-        # The HTTPChannel registered itself as the transport's producer; we replace it, and become
-        # the protocol that hears about reads and the connection's end.
-        transport.unregisterProducer()
-        transport.protocol = self  # type: ignore[assignment]
-        transport.registerProducer(self, True)
-        # twisted.web may have paused reading while it handled the request; a stream must keep
-        # reading, or it would not notice the client leave.
-        transport.resumeProducing()
-        channel.transport = None
+            return
+        self._transport = taken
         self._request = None
-        if not self._paused:
-            self._sock_send = transport.socket.send
+        self._direct = direct_sender(taken)
 
     # IProtocol, after a take-over: the client is not expected to send anything more.
 
@@ -202,37 +202,50 @@ class Stream:
         pass
 
     def send(self, data: bytes, count: int = 1) -> None:
-        sock_send = self._sock_send
-        if sock_send is not None:
-            # The hot path: taken over, not paused, not closed. When nothing is queued, send now:
-            # Twisted would queue the bytes, register the socket for writing, send on the next epoll
-            # turn and unregister it (two epoll_ctl calls and a turn of latency per delivery), while
-            # the kernel's buffer almost always has room.
-            transport = self._transport
-            if not transport._tempDataLen and transport.offset == len(transport.dataBuffer):
-                payload = _chunk(data) if self._chunked else data
-                self.frames += count
-                self.bytes += len(data)
-                try:
-                    sent = sock_send(payload)
-                except BlockingIOError:
-                    sent = 0
-                except OSError:
-                    return  # the peer is gone; the reactor reports it (connectionLost) next turn
-                if sent != len(payload):
-                    # The kernel took part of it: Twisted queues the rest, and pauses us if it piles up.
-                    transport.write(payload[sent:])
-                return
+        """Deliver ``data`` (framed events, shared by every client of the channel); never raises.
+
+        Counted once here, however it leaves: straight to the socket, or queued behind what is.
+        """
         if self._closed:
             return
-        if self._paused:
-            self._pending.append(data)
-            self._pending_bytes += len(data)
-            if self._pending_bytes > self._max_buffer:
-                self.close(SLOW_CLIENT, abort=True)
-            return
+        payload = _chunk(data) if self._chunked else data
         self.frames += count
-        self._write(data)
+        self.bytes += len(data)
+        direct = self._direct
+        if direct is not None and not self._paused and not self._queue:
+            # The hot path: nothing queued, so the kernel's buffer almost always takes it all now.
+            sent = direct(payload)
+            if sent == len(payload) or sent == GONE:
+                return  # a gone peer is reported by the reactor (connectionLost) next turn
+            self._enqueue(memoryview(payload)[sent:] if sent else payload)
+        else:
+            self._enqueue(payload)
+        self._drain()
+        if self._queued > self._max_buffer:
+            self.close(SLOW_CLIENT, abort=True)
+
+    def _enqueue(self, payload: bytes | memoryview) -> None:
+        self._queue.append(payload)
+        self._queued += len(payload)
+
+    def _drain(self) -> None:
+        """Hand queued bytes to the transport a bounded piece at a time, until it asks us to pause.
+
+        Twisted copies what it is given into a buffer of its own for each connection; pieces of at
+        most ``PIECE`` bytes keep that copy small however large a shared frame is.
+        """
+        queue, transport = self._queue, self._transport
+        while queue and not self._paused and transport is not None:
+            head = queue[0]
+            piece: bytes | memoryview
+            if len(head) > PIECE:
+                view = head if isinstance(head, memoryview) else memoryview(head)
+                piece, queue[0] = view[:PIECE], view[PIECE:]
+            else:
+                piece = queue.popleft()
+            self._queued -= len(piece)
+            # May call pauseProducing before it returns.
+            transport.write(bytes(piece) if isinstance(piece, memoryview) else piece)
 
     def _set_stream_headers(self, request: Request) -> None:
         request.setResponseCode(self._status)
@@ -247,26 +260,14 @@ class Stream:
         headers.removeHeader(b"Content-Length")
         headers.removeHeader(b"Content-Encoding")
 
-    def _write(self, data: bytes) -> None:
-        transport = self._transport
-        if transport is None or not data:
-            return
-        self.bytes += len(data)
-        transport.write(_chunk(data) if self._chunked else data)
-
     # IPushProducer: Twisted asks us to pause once its own buffer for this client is full.
 
     def pauseProducing(self) -> None:
         self._paused = True
-        self._sock_send = None
 
     def resumeProducing(self) -> None:
         self._paused = False
-        if self._pending:
-            pending, self._pending, self._pending_bytes = self._pending, [], 0
-            self._write(b"".join(pending))
-        if self._request is None and not self._closed and self._transport is not None:
-            self._sock_send = self._transport.socket.send
+        self._drain()
 
     def stopProducing(self) -> None:
         self.close("connection closed")
@@ -276,10 +277,11 @@ class Stream:
         if self._closed:
             return
         self._closed = True
-        self._sock_send = None
+        self._direct = None
         # What a paused client has queued still goes out before a gentle close's last words.
-        pending = b"".join(self._pending) if not abort else b""
-        self._pending, self._pending_bytes = [], 0
+        pending = b"".join(self._queue) if not abort else b""
+        self._queue.clear()
+        self._queued = 0
         self._hub.detach(self._server, self._channel, self)
         stats = self._hub.stats
         stats.streams_closed += 1
@@ -297,8 +299,7 @@ class Stream:
             if abort:
                 transport.abortConnection()
                 return
-            self._write(pending)
-            self._write(final)
+            transport.write(pending + (_chunk(final) if self._chunked and final else final))
             if self._chunked:
                 transport.write(b"0\r\n\r\n")
             # A paused producer still registered would be resumed instead of the connection closed once
@@ -306,7 +307,7 @@ class Stream:
             transport.unregisterProducer()
             transport.loseConnection()
             return
-        if request.finished or request._disconnected:
+        if gone(request):
             return
         if self._started:
             request.unregisterProducer()
@@ -315,12 +316,18 @@ class Stream:
             # so an EventSource takes the retry: hint and comes back; any other answer ends it for good.
             self._set_stream_headers(request)
         if self._started or not abort:
-            for data in (pending, final):
-                if data:
-                    request.write(data)
+            if pending:
+                # Already chunk-framed (or raw, unchunked): past request.write's own framing.
+                if transport is not None:
+                    transport.write(pending)
+            if final:
+                request.write(final)
         if abort and transport is not None:
             transport.abortConnection()
             return
+        if request.channel is not None:
+            # As after a take-over: a stream never hands its connection back for another request.
+            request.channel.persistent = False
         request.finish()
 
     def _log_close(self, reason: str) -> None:

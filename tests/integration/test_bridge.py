@@ -239,7 +239,7 @@ async def test_shutdown_sends_what_a_slow_client_has_queued_before_the_retry_hin
     redis_pipeline(redis.address, [("PUBLISH", "s", f"{i} " + "x" * 16000) for i in range(count)])
     await until(lambda: service.hub.stats.messages_received == count, what="all published")
     stream = next(iter(service.bridge.streams))
-    await until(lambda: stream._pending_bytes > 0, what="a backlog queued in the stream")
+    await until(lambda: stream.queued_bytes > 0, what="a backlog queued in the stream")
 
     def read_all() -> bytes:
         slow.settimeout(20)

@@ -1,0 +1,137 @@
+"""The one door to Twisted's internals: taking a connection over from twisted.web, writing to its
+socket directly, and asking whether a request's client is gone.
+
+Why internals at all: a stream is the hot path. Once its headers are out, holding a ``Request`` and an
+``HTTPChannel`` per client costs kilobytes each, and writing through ``transport.write`` costs two
+``epoll_ctl`` calls and a reactor turn per delivery, while the kernel's buffer almost always has room.
+So a stream becomes the TCP connection's protocol and producer, and sends straight to the socket when
+Twisted has nothing queued for it (anything queued must go first, to keep order).
+
+What this relies on: ``tcp.Connection`` has ``dataBuffer`` and ``offset`` (its write buffer, from
+``abstract.FileDescriptor``) and producer registration, and ``twisted.web.http.Request`` has
+``_disconnected``: class attributes, checked once at import (``CONTRACT``); a connection has
+``_tempDataLen`` (the rest of its write buffer) and a ``socket``: instance attributes, checked on
+the first connection taken over (``INSTANCE_CONTRACT``). When any is missing (a Twisted release that
+changed them), ``DIRECT`` becomes false, a warning is logged once, and streams use only public API:
+``request.write`` with a registered producer. Slower, never wrong. The range of Twisted
+releases this was checked on is pinned in ``setup.py``; ``tests/unit/test_takeover.py`` pins the
+contract itself.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from twisted.internet import tcp
+from twisted.internet.interfaces import IPushProducer
+from twisted.logger import Logger
+from twisted.web.http import Request
+
+__all__ = [
+    "CONTRACT",
+    "DIRECT",
+    "GONE",
+    "INSTANCE_CONTRACT",
+    "direct_sender",
+    "gone",
+    "missing_internals",
+    "take_over",
+]
+
+log = Logger()
+
+#: (class, attribute) pairs the direct path reads or writes.
+CONTRACT: tuple[tuple[type, str], ...] = (
+    (tcp.Connection, "dataBuffer"),
+    (tcp.Connection, "offset"),
+    (tcp.Connection, "registerProducer"),
+    (tcp.Connection, "unregisterProducer"),
+    (Request, "_disconnected"),
+)
+
+#: Attributes a live ``tcp.Connection`` must have (set in its ``__init__``, so not on the class).
+INSTANCE_CONTRACT = ("_tempDataLen", "socket")
+
+#: What ``direct_sender``'s function returns when the peer is gone (the reactor reports it next turn).
+GONE = -1
+
+
+def missing_internals() -> list[str]:
+    """The names of ``CONTRACT`` that this Twisted lacks (empty: the direct path is safe)."""
+    return [f"{cls.__module__}.{cls.__name__}.{name}" for cls, name in CONTRACT if not hasattr(cls, name)]
+
+
+def _report(missing: list[str]) -> bool:
+    if missing:
+        log.warn(
+            "this Twisted lacks {missing}: streams write through twisted.web (slower, same behaviour)",
+            missing=", ".join(missing),
+        )
+    return not missing
+
+
+#: Whether streams may take connections over and send directly.
+DIRECT = _report(missing_internals())
+_instance_checked = False
+
+
+def _instance_ok(transport: tcp.Connection) -> bool:
+    """Check ``INSTANCE_CONTRACT`` on the first connection; its answer holds for every later one."""
+    global DIRECT, _instance_checked
+    if not _instance_checked:
+        _instance_checked = True
+        missing = [f"tcp.Connection().{name}" for name in INSTANCE_CONTRACT if not hasattr(transport, name)]
+        DIRECT = _report(missing)
+    return DIRECT
+
+
+def take_over(request: Request, producer: IPushProducer) -> Any | None:
+    """Make ``producer`` (a stream) the protocol and producer of ``request``'s TCP connection.
+
+    Returns the connection's transport, now the stream's alone (twisted.web's ``HTTPChannel`` lets go
+    of it), or ``None`` when the connection cannot be taken over (TLS, a unix socket wrapped by
+    something else, or the contract unmet): the stream then keeps writing through ``request``.
+    """
+    channel = request.channel
+    transport = channel.transport if channel is not None else None
+    if not DIRECT or not isinstance(transport, tcp.Connection) or not _instance_ok(transport):
+        return None
+    # The HTTPChannel registered itself as the transport's producer; the stream replaces it, and
+    # becomes the protocol that hears about reads and the connection's end.
+    transport.unregisterProducer()
+    transport.protocol = producer
+    transport.registerProducer(producer, True)
+    # twisted.web may have paused reading while it handled the request; a stream must keep reading,
+    # or it would not notice the client leave.
+    transport.resumeProducing()
+    channel.transport = None
+    return transport
+
+
+def direct_sender(transport: Any) -> Callable[[bytes], int]:
+    """A function sending bytes straight to a taken-over connection's socket.
+
+    It returns how many bytes the kernel took: all of them in the common case; fewer, or 0, when its
+    buffer is full or when Twisted still has bytes queued for this connection (those must go first:
+    the caller then queues the rest behind them); ``GONE`` when the peer has gone.
+    """
+    sock_send = transport.socket.send
+
+    def send_now(payload: bytes) -> int:
+        if transport._tempDataLen or transport.offset != len(transport.dataBuffer):
+            return 0
+        try:
+            sent: int = sock_send(payload)
+        except BlockingIOError:
+            return 0
+        except OSError:
+            return GONE
+        return sent
+
+    return send_now
+
+
+def gone(request: Request) -> bool:
+    """Whether ``request`` can no longer be written to: finished, or its client disconnected."""
+    return bool(request.finished or getattr(request, "_disconnected", False))
