@@ -1,9 +1,7 @@
 """Reading channels' history (Redis Streams) for resume: ``RedisHistory``, the Redis ``History``.
 
-One read is one ``EVALSHA`` of ``READ_SCRIPT``, which takes the stream's metadata (``XINFO STREAM``)
-and the events after a position (``XRANGE key (ID + COUNT n``) atomically, so a publish can never
-fall between the two; ``replay_from`` then judges gaps in Python, where 64-bit ids compare exactly
-(Lua numbers are doubles).
+One read is one ``EVALSHA`` of ``ssebridge.redis.streams.READ_SCRIPT`` (metadata and events taken
+atomically; ``replay_from`` there says what the reply means).
 
 It has a command connection of its own: the subscriber connection can run nothing but (un)subscribes.
 Reads of the same (channel, position, limit) that wait together share one read of the server; a read
@@ -13,130 +11,36 @@ its call (``ssebridge.interfaces.History``).
 
 from __future__ import annotations
 
-import hashlib
-from collections.abc import Sequence
 from typing import Any, cast
 
 import txredisapi
 from twisted.internet.defer import CancelledError, Deferred, fail, succeed
+from twisted.internet.defer import TimeoutError as DeadlinePassed
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from ssebridge.interfaces import History, HistoryEvent, HistoryUnavailable, Replay
-from ssebridge.publish.envelope import EventId, format_id, history_key, parse_id
+from ssebridge.interfaces import History, HistoryUnavailable, Replay
+from ssebridge.publish.envelope import EventId, history_key
 from ssebridge.redis.address import RedisServer
 from ssebridge.redis.pubsub import endpoint_for
+from ssebridge.redis.streams import READ_SCRIPT, READ_SHA, read_arguments, replay_from
 
-__all__ = [
-    "DEFAULT_TIMEOUT",
-    "READ_SCRIPT",
-    "HistoryUnavailable",
-    "RedisHistory",
-    "replay_from",
-]
+__all__ = ["DEFAULT_TIMEOUT", "HistoryUnavailable", "RedisHistory"]
 
 log = Logger()
 
 #: Seconds a read may take, from the call (waiting for a connection included) to the answer.
 DEFAULT_TIMEOUT = 5.0
 
-# KEYS[1] the history stream; ARGV[1] "(" .. position (an exclusive XRANGE start), or "" for no events;
-# ARGV[2] how many events at most. Returns {} when the key does not exist, otherwise
-# {last-generated-id, max-deleted-entry-id, entries-added, length, first entry's id or "", entries}.
-# entries-added and max-deleted-entry-id exist from Redis 7.0 (-1 and "0-0" before: see replay_from).
-READ_SCRIPT = b"""
-local key = KEYS[1]
-local kind = redis.call('TYPE', key)['ok']
-if kind == 'none' then
-  return {}
-end
-if kind ~= 'stream' then
-  return redis.error_reply('WRONGTYPE ssebridge: the history key holds a ' .. kind .. ', not a stream')
-end
-local info = redis.call('XINFO', 'STREAM', key)
-local f = {}
-for i = 1, #info, 2 do
-  f[info[i]] = info[i + 1]
-end
-local first = ''
-if f['first-entry'] then
-  first = f['first-entry'][1]
-end
-local entries = {}
-if ARGV[1] ~= '' then
-  entries = redis.call('XRANGE', key, ARGV[1], '+', 'COUNT', ARGV[2])
-end
-return {f['last-generated-id'], f['max-deleted-entry-id'] or '0-0', f['entries-added'] or -1,
-        f['length'], first, entries}
-"""
-_SHA = hashlib.sha1(READ_SCRIPT).hexdigest().encode()
-
-#: The start of every history: ``Publisher.current_id`` of a channel that has none.
-_ORIGIN: EventId = (0, 0)
-#: The largest stream id; ``(`` before it is refused by Redis, and nothing can come after it.
-_MAX_PART = 2**64 - 1
-_MAX_ID: EventId = (_MAX_PART, _MAX_PART)
-
 _Key = tuple[bytes, EventId | None, int]
-
-
-def _id(raw: Any) -> EventId:
-    parsed = parse_id(raw) if isinstance(raw, bytes) else None
-    if parsed is None:
-        raise ValueError(f"not a stream id: {raw!r:.40}")
-    return parsed
-
-
-def _event(entry: Any) -> HistoryEvent:
-    raw_id, flat = entry
-    fields = dict(zip(flat[::2], flat[1::2], strict=True))
-    return HistoryEvent(_id(raw_id), fields.get(b"d", b""), fields.get(b"e", b""), fields.get(b"r", b""))
-
-
-def replay_from(position: EventId | None, limit: int, reply: Sequence[Any]) -> Replay:
-    """The ``Replay`` for a read after ``position`` from ``READ_SCRIPT``'s reply (see ``Replay``).
-
-    Trims only ever remove the oldest entries, and Redis 7.0 records XDELs (max-deleted-entry-id) but
-    not trims, so: at or after the oldest entry held, only an XDEL after the position is a loss;
-    before it, any entry ever removed may have come after the position (a conservative "evicted"),
-    and a stream that never lost one cannot have held the position (``"unknown"``), bar ``0-0``.
-    """
-    if not reply:
-        if position is None or position == _ORIGIN:
-            return Replay(())
-        return Replay((), "unknown")
-    raw_last, raw_deleted, added, length, raw_first, entries = reply
-    last = _id(raw_last)
-    if position is None:
-        return Replay((), None, last)
-    if position > last:
-        return Replay((), "future", last)
-    events = tuple(_event(e) for e in entries[:limit])
-    more = len(entries) > limit
-    first = _id(raw_first) if raw_first else None
-    gap: str | None = None
-    if position == last:
-        pass  # nothing can come after the newest id ever given
-    elif first is None or position < first:
-        # Redis < 7.0 does not count entries added (-1): assume some were removed.
-        removed = int(added) < 0 or int(added) > int(length)
-        if removed:
-            gap = "evicted"
-        elif position != _ORIGIN:
-            gap = "unknown"
-    elif _id(raw_deleted) > position:
-        gap = "evicted"
-    if gap is None and more:
-        gap = "truncated"
-    return Replay(events, gap, last, more)
 
 
 class _Protocol(txredisapi.RedisProtocol):  # type: ignore[misc]
     """txredisapi's command protocol with a handshake that has a deadline and never stops the retries.
 
     txredisapi stops reconnecting for good when AUTH or SELECT fails for any reason (a connection lost
-    midway included) and waits for their answers without a deadline; ``RedisTransport`` does the same.
+    midway included) and waits for their answers without a deadline (``RedisTransport`` has the same fix).
     """
 
     factory: _Factory
@@ -168,8 +72,10 @@ class _Protocol(txredisapi.RedisProtocol):  # type: ignore[misc]
         owner.connection_ready(self)
 
     def connectionLost(self, why: Any) -> None:
-        super().connectionLost(why)
+        # The owner first: the base class fails the commands in flight, and their callers may read
+        # again at once, which must not pick this connection.
         self.factory.owner.connection_lost(self, why)
+        super().connectionLost(why)
 
 
 class _Factory(txredisapi.RedisFactory):  # type: ignore[misc]
@@ -324,7 +230,7 @@ class RedisHistory:
         error = failure.value
         if isinstance(error, HistoryUnavailable):
             return error
-        if isinstance(error, (TimeoutError, CancelledError)):
+        if isinstance(error, (DeadlinePassed, TimeoutError, CancelledError)):
             unavailable = self._timed_out()
         elif isinstance(error, txredisapi.ConnectionError):
             unavailable = HistoryUnavailable(f"redis {self.server}: {error or 'connection lost'}")
@@ -333,43 +239,53 @@ class RedisHistory:
         else:
             log.failure("redis {server}: unexpected history reply", failure, server=self.server.describe())
             unavailable = HistoryUnavailable(f"redis {self.server}: unexpected reply ({error!r:.80})")
-        unavailable.__cause__ = error if isinstance(error, BaseException) else None
+        unavailable.__cause__ = error
         return unavailable
 
     # Reading
 
     async def _fetch(self, key: _Key) -> Replay:
         channel, position, limit = key
-        if position is None or position >= _MAX_ID:
-            start = b""
-        else:
-            start = b"(" + format_id(position).encode()
         protocol = await self._connection()
-        args = (1, history_key(channel), start, limit + 1)
+        args = (1, history_key(channel), *read_arguments(position, limit))
         try:
             try:
-                reply = await protocol.execute_command(b"EVALSHA", _SHA, *args)
+                reply = await protocol.execute_command(b"EVALSHA", READ_SHA, *args)
             except txredisapi.ResponseError as e:
                 if not str(e).startswith("NOSCRIPT"):
                     raise
                 # Redis restarted or its scripts were flushed: EVAL caches the script again.
                 reply = await protocol.execute_command(b"EVAL", READ_SCRIPT, *args)
         except CancelledError:
-            # The deadline passed with the command sent. Replies come in order, so every command
-            # behind it would wait too, and a half-open connection never answers: start afresh.
-            if protocol.transport is not None:
-                protocol.transport.abortConnection()
+            self._drop(protocol)
             raise
         return replay_from(position, limit, reply)
 
     def _connection(self) -> Deferred[_Protocol]:
-        if self._protocol is not None:
+        if self._protocol is not None and self._protocol.connected:
             return succeed(self._protocol)
         if self._factory is None:
             self._connect()
         waiter: Deferred[_Protocol] = Deferred(self._cancel_waiter)
         self._waiters.append(waiter)
         return waiter
+
+    def _drop(self, protocol: _Protocol) -> None:
+        """The deadline passed with a command sent on ``protocol``: start afresh on a new connection.
+
+        Replies come in order, so every command behind it would wait too, and a half-open connection
+        never answers. The abort completes on a later reactor turn: forget the connection now.
+        """
+        if self._protocol is protocol:
+            self._protocol = None
+            if not self._stopped:
+                log.warn(
+                    "redis {server}: no history answer within {timeout}s; reconnecting",
+                    server=self.server.describe(),
+                    timeout=self.timeout,
+                )
+        if protocol.transport is not None:
+            protocol.transport.abortConnection()
 
     def _cancel_waiter(self, waiter: Deferred[_Protocol]) -> None:
         if waiter in self._waiters:

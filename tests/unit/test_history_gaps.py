@@ -1,5 +1,6 @@
-"""``replay_from``: how a history read's reply becomes events and a gap (pure; Redis-backed cases are in
-tests/integration/test_history.py)."""
+"""``ssebridge.redis.streams``: the read's arguments, and how its reply becomes events and a gap.
+
+Pure; the same cases against Redis are in tests/integration/test_history.py."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from typing import Any
 import pytest
 
 from ssebridge.interfaces import HistoryEvent, Replay
-from ssebridge.redis.history import replay_from
+from ssebridge.redis.streams import read_arguments, replay_from
 
 MAX = 2**64 - 1
 
@@ -139,3 +140,12 @@ def test_largest_ids() -> None:
 def test_a_reply_that_is_not_a_stream_id_is_an_error() -> None:
     with pytest.raises(ValueError, match="not a stream id"):
         replay_from((1, 0), 5, reply([], last="garbage", length=0))
+
+
+def test_read_arguments() -> None:
+    assert read_arguments(None, 0) == (b"", 1)
+    assert read_arguments((999, 0), 10) == (b"(999-0", 11)
+    # A client's 20-digit sequence past 64 bits: the same ids come after (5, 2**64 - 1).
+    assert read_arguments((5, 10**19 * 9), 3) == (b"(5-18446744073709551615", 4)
+    assert read_arguments((MAX, MAX), 3) == (b"", 4)
+    assert read_arguments((MAX + 1, 0), 3) == (b"", 4)
