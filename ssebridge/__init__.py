@@ -39,7 +39,7 @@ __all__ = [
 _WHERE = {
     "Bridge": "ssebridge.http.router",
     "BridgeService": "ssebridge.runtime.service",
-    "ChannelResource": "ssebridge.http.stream",
+    "ChannelResource": "ssebridge.http.resource",
     "Config": "ssebridge.config.model",
     "ConfigError": "ssebridge.config.model",
     "Hub": "ssebridge.hub.channels",
@@ -52,8 +52,8 @@ _WHERE = {
 
 if TYPE_CHECKING:
     from ssebridge.config.model import Config, ConfigError, default_config, load_config
+    from ssebridge.http.resource import ChannelResource
     from ssebridge.http.router import Bridge
-    from ssebridge.http.stream import ChannelResource
     from ssebridge.hub.channels import Hub
     from ssebridge.redis.address import RedisServer, parse_server
     from ssebridge.redis.pubsub import redis_hub

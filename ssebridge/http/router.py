@@ -24,8 +24,9 @@ from werkzeug.routing import BaseConverter
 
 from ssebridge import frames
 from ssebridge.config.model import StaticMap
+from ssebridge.http.resource import attach_stream
 from ssebridge.http.static import static_resource_for
-from ssebridge.http.stream import DEFAULT_MAX_BUFFER, Stream, attach_stream
+from ssebridge.http.stream import DEFAULT_MAX_BUFFER, Stream
 from ssebridge.http.takeover import gone
 from ssebridge.hub.channels import Hub
 from ssebridge.logs import printable

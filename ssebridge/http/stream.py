@@ -2,8 +2,7 @@
 
 ``Stream`` is what the hub delivers to. It writes straight to the connection's transport (framing HTTP/1.1
 chunks itself) because this is the hot path: one call per delivery, no per-write header checks.
-``ChannelResource`` is the twisted.web resource that turns a request into a stream on one channel; it can
-be mounted in any twisted.web ``Site`` or returned from a Klein route.
+The resource that turns a request into a stream is in ``ssebridge.http.resource``.
 """
 
 from __future__ import annotations
@@ -13,20 +12,14 @@ from collections import deque
 from collections.abc import Callable, Hashable
 from typing import Any
 
-from twisted.internet.defer import CancelledError, Deferred
-from twisted.internet.interfaces import IPushProducer, IReactorTime
+from twisted.internet.interfaces import IPushProducer
 from twisted.logger import Logger
-from twisted.python.failure import Failure
-from twisted.web.resource import Resource
-from twisted.web.server import NOT_DONE_YET, Request
+from twisted.web.server import Request
 from zope.interface import implementer
 
-from ssebridge import frames
 from ssebridge.http.takeover import GONE, direct_sender, gone, take_over
 from ssebridge.hub.channels import Hub
 from ssebridge.interfaces import Subscriber
-from ssebridge.routing.rules import RefusedChannel, check_channel
-from ssebridge.routing.wire import wire_text
 
 log = Logger()
 
@@ -341,110 +334,6 @@ class Stream:
             bytes=self.bytes,
             reason=reason,
         )
-
-
-class ChannelResource(Resource):
-    """A twisted.web resource that streams one channel of one server to every request it renders.
-
-    Mount it anywhere: ``root.putChild(b"news", ChannelResource(hub, server, b"news"))``, or return it
-    from a Klein route. The response starts (headers sent) only once the Redis subscription is
-    confirmed, so every message published after a client has its headers reaches it. If the
-    subscription cannot be confirmed within ``confirm_timeout`` seconds (Redis is away), the stream
-    starts anyway and receives messages as soon as the bridge has resubscribed.
-    """
-
-    isLeaf = True
-
-    def __init__(
-        self,
-        hub: Hub,
-        server: Hashable,
-        channel: bytes | str,
-        mode: str = "sse",
-        max_buffer: int = DEFAULT_MAX_BUFFER,
-        confirm_timeout: float = 3.0,
-        reactor: IReactorTime | None = None,
-    ) -> None:
-        super().__init__()  # type: ignore[no-untyped-call]
-        if reactor is None:
-            from twisted.internet import reactor as default_reactor
-
-            reactor = default_reactor
-        self.hub = hub
-        self.redis_server = server
-        # A channel often comes from the URL (a Klein route's argument): refuse what must not be
-        # subscribed here, once, and answer 400 for it at render time.
-        text = wire_text(channel) if isinstance(channel, bytes) else channel
-        self.refused: str | None = None
-        try:
-            self.channel = check_channel(text)
-        except RefusedChannel as e:
-            self.refused = str(e)
-            self.channel = b""
-        self.mode = mode
-        self.max_buffer = max_buffer
-        self.confirm_timeout = confirm_timeout
-        self.reactor: Any = reactor
-
-    def render(self, request: Request) -> Any:
-        if self.refused is not None:
-            log.info("refused channel: {why}", why=self.refused)
-            request.setResponseCode(400)
-            request.setHeader(b"Content-Type", b"text/plain; charset=utf-8")
-            return f"Bad request: {self.refused}\n".encode()
-        stream = Stream(request, self.hub, self.redis_server, self.channel, self.mode, self.max_buffer)
-        attach_stream(
-            stream, request, self.hub, self.redis_server, self.channel, self.confirm_timeout, self.reactor
-        )
-        return NOT_DONE_YET
-
-
-def attach_stream(
-    stream: Stream,
-    request: Request,
-    hub: Hub,
-    server: Hashable,
-    channel: bytes,
-    confirm_timeout: float,
-    reactor: Any,
-) -> Deferred[None]:
-    """Attach ``stream`` to the hub and start it once its subscription is confirmed (or timed out)."""
-    confirmed = hub.attach(server, channel, stream)
-    timer = reactor.callLater(confirm_timeout, _start_unconfirmed, stream, hub, server, channel)
-
-    def on_confirmed(_: object) -> None:
-        if timer.active():
-            timer.cancel()
-        stream.start()
-
-    def on_error(failure: Failure) -> None:
-        if timer.active():
-            timer.cancel()
-        if not failure.check(CancelledError):
-            log.failure("attaching a stream failed", failure)
-            stream.close("internal error")
-
-    confirmed.addCallbacks(on_confirmed, on_error)
-
-    def on_finish(result: object) -> None:
-        if timer.active():
-            timer.cancel()
-        if not confirmed.called:
-            confirmed.cancel()
-        stream.close("client gone")
-
-    request.notifyFinish().addBoth(on_finish)
-    return confirmed
-
-
-def _start_unconfirmed(stream: Stream, hub: Hub, server: Hashable, channel: bytes) -> None:
-    log.warn(
-        "subscription to {channel!r} not confirmed in time; stream started, receiving once resubscribed",
-        channel=channel,
-    )
-    hub.activate_early(server, channel, stream)
-    # A comment, so the client sees a live stream while Redis is away.
-    stream.start(frames.comment(b"waiting for the message server") if stream.mode == "sse" else b"")
 
 
 def _conforms(stream: Stream) -> Subscriber:

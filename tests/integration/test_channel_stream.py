@@ -11,7 +11,7 @@ from twisted.internet.task import deferLater
 from twisted.web.resource import Resource
 from twisted.web.server import Site
 
-from ssebridge.http.stream import ChannelResource
+from ssebridge.http.resource import ChannelResource
 from ssebridge.hub.channels import Hub
 from ssebridge.redis.address import RedisServer
 from ssebridge.redis.pubsub import redis_transport_factory

@@ -12,8 +12,8 @@ import pytest_twisted
 from twisted.internet import reactor
 from twisted.web.resource import Resource
 
+from ssebridge.http.resource import ChannelResource
 from ssebridge.http.site import BridgeSite
-from ssebridge.http.stream import ChannelResource
 from ssebridge.hub.channels import Hub
 from ssebridge.redis.address import RedisServer
 from ssebridge.redis.pubsub import redis_transport_factory
