@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, get_args
 from urllib.parse import parse_qsl
@@ -46,6 +46,7 @@ __all__ = [
     "Template",
     "action_text",
     "check_channel",
+    "declared_servers",
     "make_rule",
     "parse_action",
     "parse_condition",
@@ -649,11 +650,43 @@ def check_channel(channel: str, allow: re.Pattern[str] | None = None) -> bytes:
     return data
 
 
+def declared_servers(default_server: RedisServer, rules: Iterable[Rule] = ()) -> frozenset[RedisServer]:
+    """The servers the config declares: the default (the ``redis`` setting) and every literal
+    ``server=`` of the rules. A server that comes from the request must be one of them."""
+    servers = {default_server}
+    for rule in rules:
+        if rule.action._fixed_server is not None:
+            servers.add(rule.action._fixed_server)
+    return frozenset(servers)
+
+
+def _declared(server: RedisServer, servers: Collection[RedisServer]) -> RedisServer:
+    """``server`` as the config declares it; raise ``RefusedChannel`` when it declares no such server.
+
+    A request may name a declared server exactly, or by its address alone (no credentials, no
+    database) when one declared server has that address: it then gets that server's credentials and
+    database, which the config gave it anyway. Anything else is refused before any connection is made:
+    a server taken from the request would otherwise let a client make the bridge connect anywhere.
+    """
+    if server in servers:
+        return server
+    if server.username is None and server.password is None and server.db is None:
+        same = [
+            s
+            for s in servers
+            if (s.kind, s.host, s.port, s.path) == (server.kind, server.host, server.port, server.path)
+        ]
+        if len(same) == 1:
+            return same[0]
+    raise RefusedChannel(f"server {server.describe()} is not one the configuration declares")
+
+
 def _resolve(
     action: Action,
     context: _Context,
     default_server: RedisServer,
     allow: re.Pattern[str] | None,
+    servers: Collection[RedisServer] | None,
 ) -> Resolved:
     channel = check_channel(context.render(action._channel), allow)
     server = default_server
@@ -665,6 +698,8 @@ def _resolve(
             server = parse_server(text)
         except ValueError as e:
             raise RefusedChannel(f"bad server {text!r}: {e}") from None
+        if servers is not None:
+            server = _declared(server, servers)
     return Resolved(action.mode, channel, server, action.buffer_size)
 
 
@@ -674,9 +709,13 @@ def resolve_action(
     default_server: RedisServer,
     match: re.Match[str] | None = None,
     allow: re.Pattern[str] | None = None,
+    servers: Collection[RedisServer] | None = None,
 ) -> Resolved:
-    """Substitute one action for a request; raise ``RefusedChannel`` when the result must not stream."""
-    return _resolve(action, _Context(variables, match), default_server, allow)
+    """Substitute one action for a request; raise ``RefusedChannel`` when the result must not stream.
+
+    A templated server must be one of ``servers`` when given (see ``resolve_request``).
+    """
+    return _resolve(action, _Context(variables, match), default_server, allow, servers)
 
 
 def _apply(
@@ -684,6 +723,7 @@ def _apply(
     kinds: frozenset[str],
     variables: Mapping[str, str],
     default_server: RedisServer,
+    servers: Collection[RedisServer] | None,
 ) -> Resolved | None:
     for rule in rules:
         kind = rule.kind
@@ -704,24 +744,32 @@ def _apply(
                 holds, match = not holds, None
             if not holds:
                 continue
-        return _resolve(rule.action, _Context(variables, match), default_server, rule.allow)
+        return _resolve(rule.action, _Context(variables, match), default_server, rule.allow, servers)
     return None
 
 
 def resolve_request(
-    rules: Sequence[Rule], variables: Mapping[str, str], default_server: RedisServer
+    rules: Sequence[Rule],
+    variables: Mapping[str, str],
+    default_server: RedisServer,
+    servers: Collection[RedisServer] | None = None,
 ) -> Resolved | None:
     """Apply the request-phase rules (``route*``, ``route-if``, ``route-if-not``) in order.
 
     The first rule whose regex matches or whose condition holds decides: later rules are not tried
     even when its channel is refused. Raises ``RefusedChannel`` when that rule substitutes to a
-    channel (or server) that must not be subscribed.
+    channel (or server) that must not be subscribed. With ``servers`` (what the bridge always passes:
+    ``declared_servers(default_server, rules)``, computed once), a templated server must be one of
+    them; without, any server substitutes, as the routing language itself defines.
     """
-    return _apply(rules, REQUEST_KINDS, variables, default_server)
+    return _apply(rules, REQUEST_KINDS, variables, default_server, servers)
 
 
 def resolve_response(
-    rules: Sequence[Rule], variables: Mapping[str, str], default_server: RedisServer
+    rules: Sequence[Rule],
+    variables: Mapping[str, str],
+    default_server: RedisServer,
+    servers: Collection[RedisServer] | None = None,
 ) -> Resolved | None:
     """Apply the response-phase rules (``final-route-if``, ``final-route-if-not``) in order."""
-    return _apply(rules, RESPONSE_KINDS, variables, default_server)
+    return _apply(rules, RESPONSE_KINDS, variables, default_server, servers)
