@@ -96,7 +96,8 @@ class _Batch:
     def __init__(self, key: _Key, deadline: float) -> None:
         self.key = key
         self.deadline = deadline
-        self.callers: list[Deferred[Replay]] = []
+        # A dict for its order and O(1) removal: in a storm thousands may wait, and some leave.
+        self.callers: dict[Deferred[Replay], None] = {}
 
 
 class RedisHistory:
@@ -133,8 +134,8 @@ class RedisHistory:
     # History
 
     def read_after(self, channel: bytes, position: EventId | None, limit: int) -> Deferred[Replay]:
-        if limit < 0:
-            raise ValueError("limit must be >= 0")
+        if not isinstance(channel, bytes) or not isinstance(limit, int) or limit < 0:
+            raise ValueError(f"bad read: channel {channel!r:.40} (bytes), limit {limit!r} (int >= 0)")
         if self._stopped:
             return fail(HistoryUnavailable(f"redis {self.server}: history reader stopped"))
         self.requests += 1
@@ -147,7 +148,7 @@ class RedisHistory:
                 # otherwise when the read in flight is answered.
                 self._schedule_flush()
         caller: Deferred[Replay] = Deferred(lambda d: self._leave(batch, d))
-        batch.callers.append(caller)
+        batch.callers[caller] = None
         return caller
 
     def current_id(self, channel: bytes) -> Deferred[EventId | None]:
@@ -176,8 +177,7 @@ class RedisHistory:
 
     def _leave(self, batch: _Batch, caller: Deferred[Replay]) -> None:
         """A caller cancelled: only its own Deferred fails; a batch nobody waits for is never sent."""
-        if caller in batch.callers:
-            batch.callers.remove(caller)
+        batch.callers.pop(caller, None)
         if not batch.callers and self._pending.get(batch.key) is batch:
             del self._pending[batch.key]
 
@@ -215,7 +215,7 @@ class RedisHistory:
 
     @staticmethod
     def _answer(batch: _Batch, result: Replay | Failure) -> None:
-        callers, batch.callers = batch.callers, []
+        callers, batch.callers = batch.callers, {}
         for caller in callers:
             if not caller.called:
                 if isinstance(result, Failure):
@@ -314,6 +314,7 @@ class RedisHistory:
             return
         self._protocol = protocol
         self._last_handshake_error = ""
+        log.info("redis {server}: history reader connected", server=self.server.describe())
         waiters, self._waiters = self._waiters, []
         for waiter in waiters:
             waiter.callback(protocol)
