@@ -25,7 +25,8 @@ from twisted.internet.protocol import ProcessProtocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from ssebridge.config.model import MuleSpec
+from ssebridge.config.schema import MuleSpec
+from ssebridge.runtime.deathsig import launcher
 
 __all__ = ["MuleReactor", "MuleService", "backoff_delay"]
 
@@ -160,7 +161,8 @@ class MuleService(Service):
     """Supervise one mule process for as long as the service runs.
 
     - ``startService`` spawns ``spec.argv`` (executable looked up on ``PATH`` when it has no
-      slash, else relative to ``spec.cwd``), environment inherited, in ``spec.cwd``.
+      slash, else relative to ``spec.cwd``), environment inherited, in ``spec.cwd``; on Linux it
+      gets SIGTERM when this process dies, however it dies (``deathsig``).
     - Each stdout/stderr line is logged: ``mule {name} said: {line}`` with ``stream`` and
       ``pid`` fields (stdout at info, stderr at warn).
     - When it exits, or cannot be spawned, it is restarted after ``backoff_delay`` (``initial``
@@ -288,11 +290,14 @@ class MuleService(Service):
             self._schedule_restart()
             return
         protocol = _MuleProtocol(self)
+        # Through the launcher, the mule dies with this process even if it is SIGKILLed: no orphan
+        # keeps publishing beside the next run's mule.
+        run, run_argv = launcher(executable, argv)
         try:
             transport = self.reactor.spawnProcess(
                 protocol,
-                executable,
-                list(argv),
+                run,
+                run_argv,
                 env=env,
                 path=os.fspath(cwd) if cwd is not None else None,
                 childFDs={0: "w", 1: "r", 2: "r"},

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import ctypes
-import os
 import signal
 import sys
 
@@ -12,24 +10,14 @@ from twisted.logger import Logger, globalLogBeginner
 
 from ssebridge.config.model import ConfigError, default_config, load_config
 from ssebridge.logs import inherited_observer
+from ssebridge.runtime.deathsig import die_with_parent
 from ssebridge.runtime.lifecycle import EXIT_CANNOT_START
 
 log = Logger()
 
-#: prctl(2) option: the signal a process gets when its parent dies.
-PR_SET_PDEATHSIG = 1
 
-
-def die_with_parent(parent: int) -> None:
-    """Get SIGTERM when the pool's parent dies, even by SIGKILL: no orphan keeps serving the port."""
-    if sys.platform.startswith("linux"):
-        try:
-            ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-        except (OSError, AttributeError):
-            return
-        # The parent may have died before prctl took effect.
-        if os.getppid() != parent:
-            os.kill(os.getpid(), signal.SIGTERM)
+def _sighup(signum: int, frame: object) -> None:
+    log.info("SIGHUP ignored: the parent owns reload")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -46,7 +34,12 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_CANNOT_START
     families = [int(f) for f in args.families.split(",") if f]
     if args.parent:
+        # SIGTERM when the pool's parent dies, even by SIGKILL: no orphan keeps serving the port.
         die_with_parent(args.parent)
+    # The parent owns reload (SIGHUP); a stray one (a closed terminal, a careless kill -HUP) must not
+    # cut this worker's streams without a retry hint. A handler rather than SIG_IGN, which anything
+    # the worker runs (a WSGI app's subprocess) would inherit.
+    signal.signal(signal.SIGHUP, _sighup)
 
     from twisted.internet import reactor
 

@@ -8,7 +8,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -275,3 +275,81 @@ def test_check_validates_without_binding(tmp_path: Path) -> None:
     lines = err.decode().strip().splitlines()
     assert [line.split(":")[2] for line in lines[:3]] == ["2", "3", "4"]
     assert b"Traceback" not in err
+
+
+def _gone(pid: int) -> bool:
+    """Exited (a zombie waiting for its new parent to reap it counts as gone)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except (FileNotFoundError, ProcessLookupError):
+        return True
+
+
+def _wait_for(predicate: Callable[[], bool], what: str, timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+@pytest.mark.parametrize("workers", [1, 2], ids=["one process", "worker pool"])
+def test_mules_do_not_outlive_a_killed_parent(tmp_path: Path, redis: RedisProcess, workers: int) -> None:
+    """Defect 8: SIGKILL to the parent used to orphan the mule (a restart then ran two publishers)."""
+    port = free_port()
+    (tmp_path / "mule.py").write_text(
+        "import os, pathlib, time\npathlib.Path('mule.pid').write_text(str(os.getpid()))\ntime.sleep(600)\n"
+    )
+    (tmp_path / "m.toml").write_text(
+        f'listen = "tcp:{port}:interface=127.0.0.1"\nredis = "127.0.0.1:{redis.port}"\nworkers = {workers}\n'
+        '[[mule]]\nscript = "mule.py"\n'
+    )
+    proc = twistd("-n", "--pidfile=", "ssebridge", "--config", "m.toml", cwd=tmp_path)
+    mule = 0
+    try:
+        wait_port(port, proc=proc)
+        pidfile = tmp_path / "mule.pid"
+        _wait_for(lambda: pidfile.exists() and bool(pidfile.read_text()), "the mule to start")
+        mule = int(pidfile.read_text())
+        assert not _gone(mule)
+    finally:
+        proc.kill()  # SIGKILL: the parent can neither stop its mule nor pass anything on
+        proc.communicate(timeout=10)
+    try:
+        _wait_for(lambda: _gone(mule), f"mule pid {mule} to exit after its parent was killed")
+    finally:
+        if mule and not _gone(mule):
+            os.kill(mule, signal.SIGKILL)
+
+
+def test_workers_ignore_sighup(tmp_path: Path, redis: RedisProcess, stop: list) -> None:  # type: ignore[type-arg]
+    """Defect 8: SIGHUP killed a worker (its streams cut with no retry hint); the parent owns reload."""
+    port, metrics = free_port(), free_port()
+    while metrics + 1 == port or not _port_free(metrics + 1):
+        metrics = free_port()
+    (tmp_path / "w.toml").write_text(
+        f'listen = "tcp:{port}:interface=127.0.0.1"\nredis = "127.0.0.1:{redis.port}"\nworkers = 2\n'
+        f'metrics_listen = "tcp:{metrics}:interface=127.0.0.1"\n'
+    )
+    proc = twistd("-n", "--pidfile=", "ssebridge", "--config", "w.toml", cwd=tmp_path)
+    stop.append(proc)
+    for p in (port, metrics, metrics + 1):
+        wait_port(p, proc=proc)
+    workers = children(proc.pid)
+    assert len(workers) == 2
+    for pid in workers:
+        os.kill(pid, signal.SIGHUP)
+    # Each worker answers on its own metrics port after the signal was delivered (a process runs
+    # nothing before its pending signals), so both survived it; and none was replaced.
+    assert http_get(metrics, "/livez")[0] == 200
+    assert http_get(metrics + 1, "/livez")[0] == 200
+    assert children(proc.pid) == workers
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True

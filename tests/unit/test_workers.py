@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import socket
+import subprocess
+from pathlib import Path
 
 import pytest
 
+from ssebridge.runtime.deathsig import launcher
 from ssebridge.runtime.listeners import FIRST_FD, parse_listen, per_worker_endpoint
 
 
@@ -40,3 +43,18 @@ def test_listeners_workers_can_share() -> None:
     with pytest.raises(ValueError, match="ssl"):
         parse_listen("ssl:9443:privateKey=k.pem")
 
+
+
+def test_the_mule_launcher_becomes_the_program_or_says_why_not(tmp_path: Path) -> None:
+    """The launcher (deathsig.py, run as a script) execs the program in its own process."""
+    executable, argv = launcher("/bin/sh", ["sh", "-c", "echo $$"])
+    with subprocess.Popen(argv, executable=executable, stdout=subprocess.PIPE, text=True) as proc:
+        out, _ = proc.communicate(timeout=30)
+    # The program's pid is the launcher's: what the mule's supervisor spawned is what it signals.
+    assert (proc.returncode, int(out)) == (0, proc.pid)
+    missing = launcher(str(tmp_path / "nope"), ["nope"])
+    failed = subprocess.run(
+        missing[1], executable=missing[0], capture_output=True, text=True, timeout=30, check=False
+    )
+    assert failed.returncode == 127
+    assert "cannot run" in failed.stderr and "Traceback" not in failed.stderr
