@@ -298,6 +298,9 @@ SETTINGS: tuple[Setting, ...] = (
         "largest request body accepted for the upstream app, in bytes; larger: 413 before the app "
         "sees it",
     ),
+    _setting("body_timeout", "float", _at_least(0), "seconds a request body may pause; 0: no limit"),
+    _setting("body_min_rate", "float", _at_least(0), "bytes/s a request body must average; 0: any"),
+    _setting("max_connections", "int", _at_least(0), "most non-stream connections; 0: from fd limit"),
     Setting(
         "wsgi_module",
         "wsgi",

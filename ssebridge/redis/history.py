@@ -224,7 +224,9 @@ class RedisHistory:
                     caller.callback(result)
 
     def _timed_out(self) -> HistoryUnavailable:
-        return HistoryUnavailable(f"redis {self.server}: no answer within {self.timeout:g}s")
+        # Waiting for a connection that AUTH or SELECT keeps refusing: say so, not just "no answer".
+        refused = f" (AUTH/SELECT: {self._last_handshake_error})" if self._last_handshake_error else ""
+        return HistoryUnavailable(f"redis {self.server}: no answer within {self.timeout:g}s{refused}")
 
     def _unavailable(self, failure: Failure) -> HistoryUnavailable:
         error = failure.value

@@ -12,19 +12,19 @@ from typing import Any
 
 from twisted.application.service import MultiService
 from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
-from twisted.internet.endpoints import serverFromString
 from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IListeningPort
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from ssebridge.config.model import Config
+from ssebridge.http.admission import bridge_body_policy, no_bodies
 from ssebridge.http.router import Bridge
-from ssebridge.http.site import BridgeSite
+from ssebridge.http.site import BridgeSite, default_max_connections
 from ssebridge.hub.channels import Hub
 from ssebridge.redis.pubsub import redis_transport_factory
-from ssebridge.runtime.lifecycle import default_max_streams, raise_fd_limit, stop_and_exit
-from ssebridge.runtime.listeners import adopt_listeners, per_worker_endpoint, with_backlog
+from ssebridge.runtime.lifecycle import StartError, default_max_streams, raise_fd_limit, stop_and_exit
+from ssebridge.runtime.listeners import adopt_listeners, listen, per_worker_endpoint
 from ssebridge.runtime.sdnotify import notify
 from ssebridge.upstream.factory import build_upstream
 
@@ -67,6 +67,11 @@ class BridgeService(MultiService):
             header_timeout=config.header_timeout,
             idle_timeout=config.idle_timeout,
             max_body=config.max_body,
+            body_policy=bridge_body_policy(self.bridge),
+            body_timeout=config.body_timeout,
+            body_min_rate=config.body_min_rate,
+            max_connections=config.max_connections,
+            streams=self.open_streams,
         )
         self.metrics_site: BridgeSite | None = None
         if config.metrics_path:
@@ -79,7 +84,9 @@ class BridgeService(MultiService):
         if config.metrics_listen:
             from ssebridge.http.metrics import operations_resource
 
-            self.metrics_site = BridgeSite(operations_resource(self.hub, self.open_streams))
+            self.metrics_site = BridgeSite(
+                operations_resource(self.hub, self.open_streams), body_policy=no_bodies
+            )
         self.ports: list[IListeningPort] = []
         #: Address families of listening sockets inherited at fds 3, 4... (a worker of a pool).
         self.inherited = tuple(inherited)
@@ -109,7 +116,7 @@ class BridgeService(MultiService):
         # systemd socket would leave a process that never listens and says nothing.
         self.start_failed = True
         log.critical("could not start: {error}", error=failure.getErrorMessage() or repr(failure.value))
-        if not isinstance(failure.value, (CannotListenError, OSError, ValueError, KeyError, IndexError)):
+        if not isinstance(failure.value, (CannotListenError, OSError, ValueError, StartError)):
             log.failure("start failed", failure)
         stop_and_exit(self.reactor, 1)
 
@@ -119,6 +126,8 @@ class BridgeService(MultiService):
         fd_limit = raise_fd_limit()
         if not self.bridge.max_streams:
             self.bridge.max_streams = default_max_streams(fd_limit)
+        if not self.site.max_connections:
+            self.site.max_connections = default_max_connections(fd_limit)
         log.info(
             "open-files limit {fds}; at most {streams} streams",
             fds=fd_limit,
@@ -130,14 +139,12 @@ class BridgeService(MultiService):
             self.ports.extend(adopt_listeners(self.reactor, self.inherited, self.site))
         else:
             for description in self.config.listen:
-                endpoint = serverFromString(self.reactor, with_backlog(description))
-                self.ports.append(await endpoint.listen(self.site))
+                self.ports.append(await listen(self.reactor, description, self.site, "listen"))
         if self.metrics_site is not None:
             description = self.config.metrics_listen
             if self.worker_index is not None:
                 description = per_worker_endpoint(description, self.worker_index)
-            endpoint = serverFromString(self.reactor, description)
-            self.ports.append(await endpoint.listen(self.metrics_site))
+            self.ports.append(await listen(self.reactor, description, self.metrics_site, "metrics_listen"))
         for port in self.ports:
             log.info("listening on {address}", address=str(port.getHost()))
         self.bridge.start_heartbeat(self.config.heartbeat)

@@ -18,11 +18,12 @@ import io
 import os
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import IO, Any, Protocol
+from typing import IO, Any, Protocol, cast
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.web.server import Request
 
+from ssebridge.http.body import RequestBody
 from ssebridge.routing.wire import wire_text
 
 __all__ = [
@@ -33,6 +34,7 @@ __all__ = [
     "UpstreamError",
     "UpstreamReply",
     "detach_body",
+    "streamed_body",
     "strip_hop_by_hop",
 ]
 
@@ -195,6 +197,13 @@ class HeaderRules:
 # --- the request body ----------------------------------------------------------------------------
 
 
+def streamed_body(request: Request) -> RequestBody | None:
+    """The body of ``request`` when it is still arriving (``BridgeRequest`` with a body policy),
+    in memory a bounded amount at a time; ``None`` when Twisted has read it into ``content``."""
+    body = getattr(request, "streamed_body", None)
+    return body if isinstance(body, RequestBody) else None
+
+
 def detach_body(request: Request) -> IO[bytes]:
     """A file of the request body that the upstream owns, positioned at the start.
 
@@ -203,7 +212,13 @@ def detach_body(request: Request) -> IO[bytes]:
     producer still reads it. Small bodies (a ``BytesIO``) are copied; large ones (a temporary file)
     get a duplicated file descriptor, so neither a copy nor the reactor's close gets in the way.
     The caller closes the returned file.
+
+    A streamed body (``streamed_body``) becomes a ``BodyReader`` instead: its reads block until the
+    bytes are there, so only a thread other than the reactor's may read it, and it cannot seek.
     """
+    streamed = streamed_body(request)
+    if streamed is not None:
+        return cast(IO[bytes], streamed.reader())
     content = getattr(request, "content", None)
     if content is None:
         return io.BytesIO()

@@ -47,6 +47,7 @@ from ssebridge.upstream.base import (
     UpstreamError,
     UpstreamReply,
     detach_body,
+    streamed_body,
     strip_hop_by_hop,
 )
 
@@ -305,20 +306,25 @@ class HTTPUpstream:
         method: bytes = request.method
         url = self._origin + self._prefix + request.uri
         what = f"{method.decode('ascii', 'replace')} {url.decode('ascii', 'replace')}"
-        body: IO[bytes] | None = detach_body(request)
-        assert body is not None
-        body.seek(0, 2)
-        length = body.tell()
-        body.seek(0)
-        producer = None
-        if length or method in _BODY_METHODS:
-            # It reads the file a chunk at a time and closes it when done or stopped.
-            producer = FileBodyProducer(body)
+        body: IO[bytes] | None = None
+        producer: Any = None
+        streamed = streamed_body(request)
+        if streamed is not None:
+            # Still arriving: sent on as it comes, the client paused while the upstream is behind.
+            producer = streamed.producer()
         else:
-            body.close()
-            body = None
+            body = detach_body(request)
+            body.seek(0, 2)
+            length = body.tell()
+            body.seek(0)
+            if length or method in _BODY_METHODS:
+                # It reads the file a chunk at a time and closes it when done or stopped.
+                producer = FileBodyProducer(body)
+            else:
+                body.close()
+                body = None
         try:
-            d = self.agent.request(method, url, self._headers_for(request), cast(Any, producer))
+            d = self.agent.request(method, url, self._headers_for(request), producer)
         except ValueError as e:
             # Agent refuses some bytes twisted.web's server accepts in a URI (DEL, say).
             if body is not None:

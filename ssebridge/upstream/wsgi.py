@@ -39,6 +39,7 @@ from twisted.python.threadpool import ThreadPool
 from twisted.web.server import Request
 from zope.interface import implementer
 
+from ssebridge.http.body import BodyReader
 from ssebridge.publish.offload import OFFLOAD_HEADER, OFFLOAD_VARIABLE, offload, offload_header
 from ssebridge.upstream import uwsgi_compat
 from ssebridge.upstream.base import (
@@ -156,9 +157,14 @@ def build_environ(
     host = request.getHost()
     if body is None:
         body = detach_body(request)
-    body.seek(0, 2)
-    length = body.tell()
-    body.seek(0)
+    length: int | None
+    if isinstance(body, BodyReader):
+        # Still arriving: its length is known once complete, or as the client declared it.
+        length = body.length
+    else:
+        body.seek(0, 2)
+        length = body.tell()
+        body.seek(0)
     scheme = "https" if request.isSecure() else "http"
     environ: dict[str, Any] = {
         "REQUEST_METHOD": _latin1(request.method),
@@ -176,7 +182,8 @@ def build_environ(
     if content_type:
         environ["CONTENT_TYPE"] = _latin1(content_type[0])
     # Twisted has de-chunked the body already: the length read is the truth, whatever the header said.
-    if length or request.requestHeaders.hasHeader(b"content-length"):
+    # A chunked body still arriving has none: the app reads to its end (wsgi.input_terminated).
+    if length is not None and (length or request.requestHeaders.hasHeader(b"content-length")):
         environ["CONTENT_LENGTH"] = str(length)
     for name, values in request.requestHeaders.getAllRawHeaders():
         lname = name.lower()
