@@ -298,9 +298,29 @@ SETTINGS: tuple[Setting, ...] = (
         "largest request body accepted for the upstream app, in bytes; larger: 413 before the app "
         "sees it",
     ),
-    _setting("body_timeout", "float", _at_least(0), "seconds a request body may pause; 0: no limit"),
-    _setting("body_min_rate", "float", _at_least(0), "bytes/s a request body must average; 0: any"),
-    _setting("max_connections", "int", _at_least(0), "most non-stream connections; 0: from fd limit"),
+    _setting(
+        "body_timeout",
+        "float",
+        _seconds,
+        "seconds a request body may pause; past the first `body_timeout` seconds it must also average "
+        "`body_min_rate`; too slow: 408 (or the connection cut, once the app has the request); `0`: no "
+        "deadline",
+    ),
+    _setting(
+        "body_min_rate",
+        "float",
+        _at_least(0, MAX_BYTES),
+        "bytes a second a request body must average after its first `body_timeout` seconds (time the "
+        "bridge holds the client back for a slow app does not count); `0`: no minimum",
+    ),
+    _setting(
+        "max_connections",
+        "int",
+        _at_least(0, MAX_STREAMS),
+        "most open connections that are not streams; past it, new ones get 503 with `Retry-After` "
+        "(open streams and the `metrics_listen` listener are not affected); `0`: a quarter of the "
+        "open-files limit",
+    ),
     Setting(
         "wsgi_module",
         "wsgi",
