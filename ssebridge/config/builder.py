@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from ssebridge.config import defaults
+from ssebridge.config.endpoint import POOLED_KINDS, parse_endpoint
 from ssebridge.config.schema import Config, ConfigError, MuleSpec, StaticMap
 from ssebridge.config.settings import Setting, header_mapping
 from ssebridge.routing.rules import Rule, RuleError, RuleKind, parse_rule
@@ -98,6 +99,8 @@ class ConfigBuilder:
         self.file = file
         self.base = base
         self.listen: list[str] = []
+        #: Where each ``listen`` entry was, (line, key), for the checks that span several keys.
+        self.listen_at: list[tuple[int | None, str]] = []
         self.rules: list[Rule] = []
         self.static_maps: list[StaticMap] = []
         self.mules: list[MuleSpec] = []
@@ -142,6 +145,10 @@ class ConfigBuilder:
         self._set_at[setting.field] = line
         self.values[setting.field] = value
 
+    def add_listen(self, endpoint: str, line: int | None, key: str) -> None:
+        self.listen.append(endpoint)
+        self.listen_at.append((line, key))
+
     def add_rule(self, kind: RuleKind, text: str, line: int | None, allow: str | None = None) -> None:
         try:
             self.rules.append(parse_rule(kind, text, allow=allow))
@@ -176,6 +183,7 @@ class ConfigBuilder:
         if len(upstreams) > 1:
             line = self._set_at.get("proxy", self._set_at.get("wsgi_module"))
             raise self.error(line, f"choose one upstream app, not {' and '.join(upstreams)}")
+        self._check_workers()
         return Config(
             wsgi_file=self.wsgi_file,
             collect_headers=tuple(self.collect_headers),
@@ -188,3 +196,28 @@ class ConfigBuilder:
             warnings=tuple(self.warnings),
             **self.values,
         )
+
+    def _check_workers(self) -> None:
+        """What ``workers`` asks of the listeners, checked now rather than failing in every worker:
+        each listener must be one a pool can share, and each worker's metrics port must exist."""
+        workers = int(self.values.get("workers", defaults.WORKERS))
+        if workers < 2:
+            return
+        where = self._set_at.get("workers")
+        for endpoint, (line, key) in zip(self.listen, self.listen_at, strict=True):
+            kind = parse_endpoint(endpoint).kind
+            if kind not in POOLED_KINDS:
+                raise self.error(
+                    line,
+                    f"{key}: workers cannot share a '{kind}' listener (workers = {workers}"
+                    f"{f' on line {where}' if where is not None else ''}); terminate TLS in front",
+                )
+        metrics = str(self.values.get("metrics_listen", ""))
+        if metrics:
+            try:
+                parse_endpoint(metrics).for_worker(workers - 1)
+            except ValueError as e:
+                raise self.error(
+                    self._set_at.get("metrics_listen"),
+                    f"metrics_listen: {e} (worker i listens on the port plus i; workers = {workers})",
+                ) from None

@@ -17,10 +17,20 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, replace
 
-__all__ = ["ENDPOINT_TYPES", "MAX_BACKLOG", "MAX_PORT", "Endpoint", "listen_endpoint", "parse_endpoint"]
+__all__ = [
+    "ENDPOINT_TYPES",
+    "MAX_BACKLOG",
+    "MAX_PORT",
+    "POOLED_KINDS",
+    "Endpoint",
+    "listen_endpoint",
+    "parse_endpoint",
+]
 
 #: Twisted endpoint types a ``listen`` string may name.
 ENDPOINT_TYPES = ("tcp", "tcp6", "unix", "ssl", "systemd")
+#: Endpoint types a worker pool can open in its parent and share with its workers (not ``ssl``).
+POOLED_KINDS = ("tcp", "tcp6", "unix", "systemd")
 #: The highest TCP port.
 MAX_PORT = 65535
 #: The highest ``backlog`` the kernel's ``listen(2)`` takes (a C int).

@@ -95,7 +95,7 @@ def _handlers(builder: ConfigBuilder) -> dict[str, Callable[[str, str, int], Non
 
     def listen(key: str, value: str, line: int) -> None:
         try:
-            builder.listen.append(listen_endpoint(value))
+            builder.add_listen(listen_endpoint(value), line, key)
         except ValueError as e:
             raise builder.error(line, f"{key}: {e}") from None
 

@@ -188,7 +188,7 @@ class _Reader:
             raise self.builder.error(line, "listen is empty: give at least one address")
         for item in items:
             try:
-                self.builder.listen.append(listen_endpoint(item))
+                self.builder.add_listen(listen_endpoint(item), line, "listen")
             except ValueError as e:
                 raise self.builder.error(line, f"listen: {e}") from None
 

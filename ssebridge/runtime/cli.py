@@ -59,14 +59,5 @@ def check(path: str | None) -> int:
         return 1
     for warning in config.warnings:
         sys.stdout.write(f"ssebridge: warning: {warning}\n")
-    if config.workers > 1:
-        from ssebridge.runtime.listeners import parse_listen
-
-        for description in config.listen:
-            try:
-                parse_listen(description)
-            except ValueError as e:
-                sys.stderr.write(f"ssebridge: {path}: {e}\n")
-                return 1
     sys.stdout.write(f"ssebridge: {path} is sound\n")
     return 0

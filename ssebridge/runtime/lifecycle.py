@@ -16,6 +16,12 @@ from twisted.logger import Logger
 
 log = Logger()
 
+
+class StartError(Exception):
+    """What only the runtime can find wrong with a config (a systemd socket that was not passed):
+    one line naming the setting, logged as ``could not start: ...`` and exit status 1."""
+
+
 #: A worker's exit status when it can never start (its config or app): the pool stops, not retries.
 EXIT_CANNOT_START = 2
 #: File descriptors kept back from the stream limit for Redis, listeners, static files and upstreams.

@@ -9,12 +9,17 @@ from __future__ import annotations
 
 import os
 import socket
+import stat
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from twisted.internet.endpoints import serverFromString
+from twisted.internet.interfaces import IListeningPort
+
 from ssebridge.config import defaults
 from ssebridge.config.endpoint import parse_endpoint
+from ssebridge.runtime.lifecycle import StartError
 
 #: The first inherited descriptor a worker finds its listening sockets at.
 FIRST_FD = 3
@@ -71,6 +76,33 @@ def per_worker_endpoint(description: str, index: int) -> str:
         raise ValueError(f"{e} (each worker needs a tcp port or a unix path for its metrics)") from None
 
 
+def _is_listening_socket(fd: int) -> bool:
+    try:
+        if not stat.S_ISSOCK(os.fstat(fd).st_mode):
+            return False
+        with socket.socket(fileno=os.dup(fd)) as sock:
+            return bool(sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN))
+    except OSError:
+        return False
+
+
+def check_inherited(description: str, setting: str) -> None:
+    """Raise ``StartError`` naming ``setting`` if ``description`` is a systemd endpoint whose socket
+    this process did not inherit (started without its ``.socket`` unit, say).
+
+    Twisted would fail with ``list index out of range``; a worker pool would adopt whatever fd 3 is.
+    """
+    endpoint = parse_endpoint(description)
+    if endpoint.kind != "systemd":
+        return
+    index = endpoint.systemd_index or 0
+    if not _is_listening_socket(FIRST_FD + index):
+        raise StartError(
+            f"{setting} {description!r}: systemd passed no listening socket at index {index}; start "
+            "the service through its .socket unit (or systemd-socket-activate), or listen on tcp:PORT"
+        )
+
+
 def open_listener(spec: ListenSpec) -> socket.socket:
     """Open (bind and listen) one socket for ``spec``; ``SO_REUSEPORT`` on TCP."""
     if spec.inherited_fd is not None:
@@ -111,3 +143,22 @@ def adopt_listeners(reactor: Any, families: Sequence[int], factory: Any) -> list
         ports.append(reactor.adoptStreamPort(fd, family, factory))
         os.close(fd)  # adoptStreamPort dup()s it
     return ports
+
+
+async def listen(reactor: Any, description: str, factory: Any, setting: str) -> IListeningPort:
+    """Listen on ``description`` (given as ``setting``) with ``factory``, with a deep backlog.
+
+    A systemd endpoint whose socket is missing is a ``StartError`` naming the setting, never
+    Twisted's ``list index out of range``.
+    """
+    check_inherited(description, setting)
+    try:
+        endpoint = serverFromString(reactor, with_backlog(description))
+    except (IndexError, KeyError):
+        # Twisted's own table of passed sockets (LISTEN_FDS, LISTEN_FDNAMES) lacks this one.
+        raise StartError(
+            f"{setting} {description!r}: systemd passed no socket at this index (LISTEN_FDS and "
+            "LISTEN_FDNAMES must both name it)"
+        ) from None
+    port: IListeningPort = await endpoint.listen(factory)
+    return port

@@ -24,8 +24,8 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from ssebridge.config.model import Config
-from ssebridge.runtime.lifecycle import EXIT_CANNOT_START, stop_and_exit
-from ssebridge.runtime.listeners import FIRST_FD, ListenSpec, open_listener, parse_listen
+from ssebridge.runtime.lifecycle import EXIT_CANNOT_START, StartError, stop_and_exit
+from ssebridge.runtime.listeners import FIRST_FD, ListenSpec, check_inherited, open_listener, parse_listen
 from ssebridge.runtime.mules import MuleService, backoff_delay
 from ssebridge.runtime.sdnotify import notify
 
@@ -38,6 +38,7 @@ RESTART_INITIAL = 0.2
 RESTART_MAXIMUM = 10.0
 #: Seconds past ``shutdown_window`` the workers get to stop before they are killed.
 STOP_GRACE = 10.0
+
 
 class _WorkerProtocol(ProcessProtocol):
     def __init__(self, pool: WorkerPool, index: int) -> None:
@@ -83,6 +84,8 @@ class WorkerPool(MultiService):
             return sock
 
         try:
+            for description in self.config.listen:
+                check_inherited(description, "listen")
             for _ in range(self.count):
                 socks = []
                 for i, spec in enumerate(self.specs):
@@ -93,7 +96,7 @@ class WorkerPool(MultiService):
                     else:
                         socks.append(open_one(spec))
                 self.sockets.append(socks)
-        except (OSError, ValueError) as e:
+        except (OSError, ValueError, StartError) as e:
             log.critical("could not start: {error}", error=str(e))
             for sock in opened:
                 sock.close()

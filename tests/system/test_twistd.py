@@ -353,3 +353,24 @@ def _port_free(port: int) -> bool:
         except OSError:
             return False
     return True
+
+
+@pytest.mark.parametrize("workers", [1, 2], ids=["one process", "worker pool"])
+def test_a_systemd_listener_without_its_socket_names_the_setting(
+    tmp_path: Path, redis: RedisProcess, workers: int
+) -> None:
+    """Defect 9: started without its socket unit, it said ``list index out of range`` (one process) or
+    adopted whatever fd 3 was (a pool); --check cannot know, so start-up says it in one line."""
+    (tmp_path / "s.toml").write_text(
+        f'listen = "systemd:domain=INET:index=0"\nredis = "127.0.0.1:{redis.port}"\nworkers = {workers}\n'
+    )
+    status, _, _ = run_twistd("-n", "--pidfile=", "ssebridge", "--config", "s.toml", "--check", cwd=tmp_path)
+    assert status == 0
+    status, out, err = run_twistd("-n", "--pidfile=", "ssebridge", "--config", "s.toml", cwd=tmp_path)
+    assert status == 1
+    text = (out + err).decode()
+    lines = [line for line in text.splitlines() if "could not start" in line]
+    assert len(lines) == 1, text
+    named = "could not start: listen 'systemd:domain=INET:index=0': systemd passed no listening socket"
+    assert named in lines[0]
+    assert "index out of range" not in text and "Traceback" not in text

@@ -856,3 +856,77 @@ def test_docs_key_table_is_rendered_from_the_settings() -> None:
     for setting in SETTINGS:
         assert f"| `{setting.toml}` |" in settings_table()
         assert setting.doc and setting.accepts
+
+
+# Defect 9: what used to pass --check and fail at run time is a file:line error at load time.
+
+
+@pytest.mark.parametrize(
+    ("name", "text", "line", "problem"),
+    [
+        (
+            "m.toml",
+            'workers = 2\nmetrics_listen = "tcp:65535"\n',
+            2,
+            "metrics_listen: port 65535 plus worker 1 is past 65535",
+        ),
+        (
+            "m.ini",
+            "[uwsgi]\nmetrics-listen = tcp:65534:interface=127.0.0.1\nworkers = 3\n",
+            2,
+            "port 65534 plus worker 2 is past 65535",
+        ),
+        ("s.toml", 'workers = 2\nmetrics_listen = "systemd:domain=INET:index=1"\n', 2, "metrics_listen: "),
+        ("l.toml", 'workers = 2\nlisten = "ssl:9443:privateKey=k.pem"\n', 2, "cannot share a 'ssl' listener"),
+        (
+            "b.toml",
+            '\nlisten = "tcp:9090:backlog=abc"\n',
+            2,
+            "listen: endpoint 'tcp:9090:backlog=abc': backlog 'abc'",
+        ),
+        ("b.ini", "[uwsgi]\nhttp-socket = unix:/run/s.sock:backlog=-5\n", 2, "backlog '-5'"),
+        ("b2.toml", 'metrics_listen = "tcp:9091:backlog=x"\n', 1, "metrics_listen: endpoint"),
+        ("w.toml", "workers = 100000\n", 1, "workers: must be a whole number from 1 to 1024"),
+        ("w.ini", "[uwsgi]\nworkers = 100000\n", 2, "workers: must be a whole number from 1 to 1024"),
+        ("x.toml", "max_streams = 100000000000000000000000\n", 1, "max_streams: must be at most 10,000,000"),
+        ("x.ini", "[uwsgi]\nmax-streams = 1e23\n", 2, "max-streams: '1e23' is not an integer"),
+        ("h.toml", "heartbeat = 1e23\n", 1, "heartbeat: must be at most 86,400"),
+        ("c.toml", "client_buffer = 1e23\n", 1, "client_buffer: must be an integer"),
+        ("r.ini", "[uwsgi]\nretry-ms = 99999999999\n", 2, "retry-ms: must be at most 86,400,000"),
+        ("t.toml", "threads = 100000\n", 1, "threads: must be at most 1,024"),
+        (
+            "p.toml",
+            'proxy = "http://127.0.0.1:99999"\n',
+            1,
+            "proxy: 'http://127.0.0.1:99999': the port is not",
+        ),
+        (
+            "p.ini",
+            "[uwsgi]\n\nproxy = https://app.internal:0/base\n",
+            3,
+            "needs a host and a port in 1-65535",
+        ),
+    ],
+)
+def test_run_time_failures_are_load_time_errors(
+    tmp_path: Path, name: str, text: str, line: int, problem: str
+) -> None:
+    path = write(tmp_path, name, text)
+    error = error_of(path)
+    assert (error.file, error.line) == (str(path), line)
+    assert problem in error.problem
+    from ssebridge.config.model import check_config
+
+    config, problems = check_config(path)
+    assert config is None and [str(p) for p in problems] == [str(error)]
+
+
+def test_the_same_values_pass_where_they_fit(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, "ok.toml", 'workers = 2\nmetrics_listen = "tcp:65534"\n'))
+    assert (config.workers, config.metrics_listen) == (2, "tcp:65534")
+    config = load_config(write(tmp_path, "one.toml", 'metrics_listen = "tcp:65535:backlog=10"\n'))
+    assert config.metrics_listen == "tcp:65535:backlog=10"
+    assert load_config(write(tmp_path, "p.toml", 'proxy = "http://127.0.0.1:65535/"\n')).proxy == (
+        "http://127.0.0.1:65535"
+    )
+    assert load_config(write(tmp_path, "u.toml", 'workers = 2\nlisten = "unix:/tmp/x.sock"\n')).workers == 2
