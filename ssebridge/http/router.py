@@ -171,9 +171,8 @@ class _Guard(Resource):
         hosts = request.requestHeaders.getRawHeaders(b"host") or []
         if len(hosts) > 1:
             # RFC 9112 3.2: 400. The rules would see "a, b" and a proxy upstream the last one.
-            log.info(
-                "refused request: {count} Host fields", count=len(hosts), hosts=printable(b", ".join(hosts))
-            )
+            shown = printable(b", ".join(hosts))
+            log.info("refused request: {count} Host fields: {hosts}", count=len(hosts), hosts=shown)
             return _Text(400, "Bad request: more than one Host field").render(request)
         try:
             unquote_to_bytes(request.path).decode("utf-8")

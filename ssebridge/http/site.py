@@ -80,6 +80,24 @@ class GuardedHTTPChannel(HTTPChannel):
         self._disarm_header_deadline()
         super().allHeadersReceived()  # type: ignore[no-untyped-call]
 
+    def _send100Continue(self) -> None:
+        # twisted.web sends "100 Continue" right after gotLength, even when gotLength has just
+        # refused the body (413) and closed: the client would then send what was refused.
+        request = self.requests[-1] if self.requests else None
+        if getattr(request, "_refused", False) or getattr(self.transport, "disconnecting", False):
+            return
+        super()._send100Continue()  # type: ignore[no-untyped-call]
+
+    def checkPersistence(self, request: Any, version: bytes) -> bool:
+        # twisted.web splits Connection on spaces only: "close, X-Foo" (a list, RFC 9110 7.6.1)
+        # would keep the connection open after the client asked to close it.
+        values = request.requestHeaders.getRawHeaders(b"connection") or []
+        if any(token.strip(b" \t").lower() == b"close" for value in values for token in value.split(b",")):
+            request.responseHeaders.setRawHeaders(b"Connection", [b"close"])
+            return False
+        persistent: bool = super().checkPersistence(request, version)  # type: ignore[no-untyped-call]
+        return persistent
+
     def requestDone(self, request: Any) -> None:
         super().requestDone(request)  # type: ignore[no-untyped-call]
         if self.persistent:
@@ -119,6 +137,23 @@ class BridgeRequest(Request):
     _body: RequestBody | None = None
     _clock: BodyClock | None = None
     _dispatched = False
+
+    def process(self) -> None:
+        if self.path == b"*":
+            # twisted.web answers "OPTIONS *" with 200 before any resource sees it; the bridge
+            # serves paths only, and says so with the 400 the router gives other non-path targets.
+            this: Any = self  # twisted.web's Request is untyped
+            this.site = this.channel.site
+            log.info("refused request: the target * is not a path", method=self.method.decode("latin-1"))
+            body = b"Bad request: the request target must be a path\n"
+            this.setResponseCode(400)
+            this.setHeader(b"Content-Type", b"text/plain; charset=utf-8")
+            this.setHeader(b"Content-Length", b"%d" % len(body))
+            if self.method != b"HEAD":
+                this.write(body)
+            this.finish()
+            return
+        super().process()  # type: ignore[no-untyped-call]
 
     def __repr__(self) -> str:
         # twisted.web's repr decodes the URI as ASCII and raises on any other byte, which turns a

@@ -27,13 +27,16 @@ from ssebridge.http.body import RequestBody
 from ssebridge.routing.wire import wire_text
 
 __all__ = [
+    "END_TO_END",
     "HOP_BY_HOP",
     "BodySource",
     "HeaderRules",
     "Upstream",
     "UpstreamError",
     "UpstreamReply",
+    "connection_options",
     "detach_body",
+    "is_forwarding_header",
     "streamed_body",
     "strip_hop_by_hop",
 ]
@@ -125,7 +128,12 @@ class Upstream(Protocol):
 
 # --- headers -------------------------------------------------------------------------------------
 
-#: Headers that describe one connection, not the message: never forwarded either way (RFC 9110 7.6.1).
+#: Fields that describe one connection, not the message: never forwarded either way. RFC 9110 7.6.1
+#: names Connection, Proxy-Connection, Keep-Alive, TE, Transfer-Encoding and Upgrade. Also: Trailer (the
+#: bridge re-frames every body, so trailers announced on one hop never arrive on the next), and
+#: Proxy-Authenticate/Proxy-Authorization (RFC 9110 11.7: they address the nearest proxy, which the
+#: bridge is not: a credential meant for a proxy never reaches the app). The one set the proxy (request
+#: to the upstream), the WSGI app's headers and the router (reply to the client) all use.
 HOP_BY_HOP = frozenset(
     [
         b"connection",
@@ -140,14 +148,57 @@ HOP_BY_HOP = frozenset(
     ]
 )
 
+#: End-to-end fields that ``Connection`` can never remove. RFC 9110 7.6.1 forbids listing a field meant
+#: for every recipient as a connection option (its example: Cache-Control); honouring such a listing
+#: would let a client, or a front proxy passing its ``Connection`` on, delete fields the bridge sets
+#: (Host, X-Forwarded-*), that carry identity or credentials (Authorization, Cookie, Forwarded...), or
+#: that frame and type the body. Any other name ``Connection`` lists is removed, as RFC 9110 asks.
+END_TO_END = frozenset(
+    [
+        b"host",
+        b"content-length",
+        b"content-type",
+        b"content-encoding",
+        b"content-range",
+        b"authorization",
+        b"cookie",
+        b"set-cookie",
+        b"www-authenticate",
+        b"cache-control",
+        b"forwarded",
+        b"x-real-ip",
+    ]
+)
+#: Every field with this prefix is end-to-end too (X-Forwarded-For, -Proto, -Host, -Port, -Prefix...).
+FORWARDED_PREFIX = b"x-forwarded-"
 
-def strip_hop_by_hop(headers: Iterable[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
-    """``headers`` without the hop-by-hop ones, including any that ``Connection`` names."""
-    headers = list(headers)
-    named = set(HOP_BY_HOP)
+
+def is_forwarding_header(name: bytes) -> bool:
+    """Whether ``name`` tells the app who the client is (``X-Forwarded-*``, ``Forwarded``, ``X-Real-IP``).
+
+    With ``forwarded = false`` such fields from a client are dropped before the app sees them: nothing
+    in front of the bridge vouches for them, and an app that believes them can be fooled.
+    """
+    lname = name.lower()
+    return lname.startswith(FORWARDED_PREFIX) or lname in (b"forwarded", b"x-real-ip")
+
+
+def connection_options(headers: Iterable[tuple[bytes, bytes]]) -> set[bytes]:
+    """The names the ``Connection`` fields of ``headers`` list (lower-cased), ``END_TO_END`` ones left out."""
+    named: set[bytes] = set()
     for name, value in headers:
         if name.lower() == b"connection":
-            named.update(token.strip().lower() for token in value.split(b",") if token.strip())
+            for token in value.split(b","):
+                option = token.strip(b" \t").lower()
+                if option and option not in END_TO_END and not option.startswith(FORWARDED_PREFIX):
+                    named.add(option)
+    return named
+
+
+def strip_hop_by_hop(headers: Iterable[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+    """``headers`` without ``HOP_BY_HOP`` ones and those ``Connection`` names (never ``END_TO_END`` ones)."""
+    headers = list(headers)
+    named = connection_options(headers) | HOP_BY_HOP
     return [(name, value) for name, value in headers if name.lower() not in named]
 
 

@@ -12,6 +12,7 @@ Not ``twisted.web.proxy``: it speaks HTTP/1.0 with ``Connection: close`` and buf
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from typing import IO, Any, Protocol, cast
 from urllib.parse import urlsplit
@@ -47,6 +48,7 @@ from ssebridge.upstream.base import (
     UpstreamError,
     UpstreamReply,
     detach_body,
+    is_forwarding_header,
     streamed_body,
     strip_hop_by_hop,
 )
@@ -220,6 +222,38 @@ class _ProxyBody(TwistedProtocol):
             self._body_transport().stopProducing()
 
 
+# RFC 9112 4: reason-phrase = *( HTAB / SP / VCHAR / obs-text ); RFC 9110 5.5: field values alike.
+# Every other control character (NUL, CR, LF, ESC, DEL...) makes the reply invalid.
+_BAD_TEXT = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
+_TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+
+
+def _invalid_reply(response: _Response, pairs: Sequence[tuple[bytes, bytes]]) -> str | None:
+    """What is wrong with the upstream's status line or fields, or ``None`` when they are valid.
+
+    Agent takes any integer as a status (``-1``, ``999``) and any bytes as a reason or a value.
+    Only a final status 200-599 is valid here: Agent handles the 1xx ones itself.
+    """
+    if not 200 <= response.code <= 599:
+        return f"status {response.code}"
+    if _BAD_TEXT.search(response.phrase):
+        return "a control character in the reason phrase"
+    for name, value in pairs:
+        if not _TOKEN.fullmatch(name):
+            return "an invalid field name"
+        if _BAD_TEXT.search(value):
+            return f"a control character in the {name.decode('ascii')} field"
+    return None
+
+
+class _Cut(TwistedProtocol):
+    """The body of an invalid reply: its connection is cut at once, never reused."""
+
+    def makeConnection(self, transport: Any) -> None:
+        super().makeConnection(transport)  # type: ignore[no-untyped-call]
+        transport.stopProducing()
+
+
 class _HeaderTimeout(Exception):
     """No response headers within the timeout."""
 
@@ -236,7 +270,10 @@ class HTTPUpstream:
 
     ``pool_size`` persistent connections are kept per host; ``timeout`` bounds the wait for the
     response headers (and the connect); the body may take as long as it takes. ``forwarded`` adds
-    ``X-Forwarded-For`` (appended to the client's own), ``X-Forwarded-Proto`` and ``X-Forwarded-Host``.
+    ``X-Forwarded-For`` (appended to the client's own), ``X-Forwarded-Proto`` and ``X-Forwarded-Host``;
+    without it, a client's own ``X-Forwarded-*``, ``Forwarded`` and ``X-Real-IP`` are dropped.
+    A reply with an invalid status line or field (status outside 200-599, a control character in
+    the reason or a value) is answered 502.
     ``collect_headers`` and ``pull_headers`` are ``(HeaderName, VARIABLE)`` pairs.
     """
 
@@ -280,8 +317,13 @@ class HTTPUpstream:
         ]
         headers = Headers()
         for name, value in strip_hop_by_hop(pairs):
-            if name.lower() not in _NOT_FORWARDED:
-                headers.addRawHeader(name, value)
+            if name.lower() in _NOT_FORWARDED:
+                continue
+            if not self.forwarded and is_forwarding_header(name):
+                # Nothing in front vouches for them: an app believing a client's X-Forwarded-For
+                # could be told any address.
+                continue
+            headers.addRawHeader(name, value)
         host = request.getHeader(b"host")
         # The client's Host: the app builds its URLs with it; Agent would put the upstream's.
         if host:
@@ -364,6 +406,13 @@ class HTTPUpstream:
             if name.lower() not in _NOT_PASSED_BACK
             for value in values
         ]
+        invalid = _invalid_reply(response, pairs)
+        if invalid is not None:
+            # Passed on, a bad status line or field would reach the client as the bridge's own answer
+            # (or be written raw into its log): the upstream is broken, say so (RFC 9110 15: 5xx).
+            log.warn("upstream answered {what} with {invalid}: 502", what=what, invalid=invalid)
+            response.deliverBody(_Cut())
+            raise UpstreamError(502, "Bad Gateway")
         # Agent keeps Content-Length out of the headers (it is the connection's business there), but
         # the client is better served by a sized body than a chunked one: put it back.
         if (

@@ -50,6 +50,7 @@ from ssebridge.upstream.base import (
     UpstreamError,
     UpstreamReply,
     detach_body,
+    is_forwarding_header,
     strip_hop_by_hop,
 )
 
@@ -149,7 +150,8 @@ def build_environ(
     percent-decoded path as latin-1 characters, as PEP 3333 has it. Header names with ``_`` are left
     out: ``X_Forwarded_For`` would otherwise be indistinguishable from ``X-Forwarded-For``. With
     ``forwarded`` (a trusted proxy in front), the last ``X-Forwarded-For`` hop becomes
-    ``REMOTE_ADDR``, ``X-Forwarded-Proto`` the URL scheme and ``X-Forwarded-Host`` the host.
+    ``REMOTE_ADDR``, ``X-Forwarded-Proto`` the URL scheme and ``X-Forwarded-Host`` the host; without
+    it, those fields (and ``Forwarded``, ``X-Real-IP``) are left out of the environ.
     """
     uri: bytes = request.uri
     path, _, query = uri.partition(b"?")
@@ -189,6 +191,8 @@ def build_environ(
         lname = name.lower()
         if lname in (b"content-type", b"content-length") or b"_" in name:
             continue
+        if not forwarded and is_forwarding_header(name):
+            continue  # a client's own X-Forwarded-*: nothing vouches for them
         key = "HTTP_" + _latin1(name).upper().replace("-", "_")
         # RFC 6265: several Cookie fields (HTTP/2 splits them) join with "; ", others with ",".
         sep = b"; " if lname == b"cookie" else b","

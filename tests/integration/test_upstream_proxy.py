@@ -322,9 +322,12 @@ async def test_forwarded_headers_and_hop_by_hop(proxy: Callable[..., Served]) ->
 @pytest_twisted.ensureDeferred
 async def test_no_forwarded_headers_when_off(proxy: Callable[..., Served]) -> None:
     s = proxy(forwarded=False)
-    response, body = await s.request("GET", "/echo", {"X-Forwarded-For": ["198.51.100.7"]})
+    response, body = await s.request(
+        "GET", "/echo", {"X-Forwarded-For": ["198.51.100.7"], "X-Forwarded-Host": ["admin.example"]}
+    )
     headers = json.loads(body)["headers"]
-    assert headers["x-forwarded-for"] == "198.51.100.7"
+    # A client's own are dropped too (issue 14, defect 10): nothing in front vouches for them.
+    assert "x-forwarded-for" not in headers and "x-forwarded-host" not in headers
     assert "x-forwarded-proto" not in headers
 
 
@@ -523,3 +526,29 @@ async def test_a_uri_the_client_agent_refuses_is_a_400(proxy: Callable[..., Serv
     reply = await deferToThread(raw_request, s.port.getHost().port, request)
     assert reply.startswith(b"HTTP/1.1 400")
     assert not s.front.replies
+
+
+def test_connection_never_removes_end_to_end_fields() -> None:
+    """``Connection: close, X-Forwarded-For, Cookie`` must not strip what the app needs (defect 10)."""
+    headers = [
+        (b"Connection", b"close, X-Forwarded-For, Cookie, Authorization, Host, Content-Type, X-Private"),
+        (b"Connection", b"X-Forwarded-Proto,Forwarded"),
+        (b"Host", b"app.example"),
+        (b"Cookie", b"a=1"),
+        (b"Authorization", b"Bearer t"),
+        (b"Content-Type", b"text/plain"),
+        (b"X-Forwarded-For", b"198.51.100.7"),
+        (b"X-Forwarded-Proto", b"https"),
+        (b"Forwarded", b"for=198.51.100.7"),
+        (b"X-Private", b"1"),
+    ]
+    kept = [name for name, _ in strip_hop_by_hop(headers)]
+    assert kept == [
+        b"Host",
+        b"Cookie",
+        b"Authorization",
+        b"Content-Type",
+        b"X-Forwarded-For",
+        b"X-Forwarded-Proto",
+        b"Forwarded",
+    ]
