@@ -301,6 +301,15 @@ class BridgeRequest(Request):
             )
             transport.loseConnection()
 
+    def write(self, data: bytes) -> None:
+        body = self._body
+        if not self.startedWriting and body is not None and not body.complete and self.channel is not None:
+            # The answer starts before the whole body came: the client is told the connection ends
+            # with it, since whatever of the body is still to come cannot be told from a next request.
+            self.responseHeaders.setRawHeaders(b"Connection", [b"close"])
+            self.channel.persistent = False
+        super().write(data)  # type: ignore[no-untyped-call]
+
     def finish(self) -> None:
         body = self._body
         if body is not None and not body.complete and self.channel is not None:
@@ -411,7 +420,11 @@ class _Refused(Protocol):
     def connectionMade(self) -> None:
         assert self.transport is not None
         self.transport.write(_BUSY)
-        self.transport.loseWriteConnection()  # type: ignore[attr-defined]
+        transport: Any = self.transport
+        try:
+            transport.loseWriteConnection()
+        except (AttributeError, NotImplementedError):
+            transport.loseConnection()  # a transport that cannot half-close (TLS)
         self._closer = _reactor().callLater(_LINGER, self.transport.loseConnection)
 
     def dataReceived(self, data: bytes) -> None:

@@ -37,6 +37,9 @@ lock = threading.Lock()
 def application(environ, start_response):
     with lock:
         started.append(environ["PATH_INFO"])
+    if environ["PATH_INFO"].startswith("/ignore"):
+        start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", "7")])
+        return [b"ignored"]
     body = environ["wsgi.input"].read()
     reply = json.dumps({
         "length": len(body),
@@ -183,6 +186,48 @@ async def test_partial_bodies_take_no_disk_and_reach_the_app_whole(
         seen = _json_body(reply)
         assert seen["length"] == MiB and seen["sha256"] == hashlib.sha256(payload).hexdigest()
         assert seen["content_length"] == str(MiB)
+
+
+def _exchange(port: int, requests: list[bytes], replies: int) -> bytes:
+    """Send ``requests`` on one connection (pipelined) and read until ``replies`` answers are in."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        for request in requests:
+            s.sendall(request)
+        data = b""
+        while data.count(b"HTTP/1.1 ") < replies or not data.endswith((b"}", b"0\r\n\r\n", b"ignored")):
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+        return data
+
+
+@pytest_twisted.ensureDeferred
+async def test_streamed_bodies_keep_the_connection_usable(run_bridge: RunBridge, echo_app: Path) -> None:
+    """Two large bodies (past the in-memory buffer) and a small one, pipelined on one connection,
+    each reach the app whole; a body the app does not read closes the connection after its answer."""
+    service = await run_bridge(
+        "[uwsgi]\nhttp-socket = 127.0.0.1:{port}\nredis = {redis}\n" f"wsgi-file = {echo_app}\n"
+    )
+    port = port_of(service)
+    bodies = [os.urandom(600_000), b"small", os.urandom(700_000)]
+    requests = [_head(f"/k/{i}", len(body)) + body for i, body in enumerate(bodies)]
+    data = await within(deferToThread(_exchange, port, requests, 3), 30)
+    answers = data.split(b"HTTP/1.1 ")[1:]
+    assert len(answers) == 3
+    for answer, body in zip(answers, bodies, strict=True):
+        assert answer.startswith(b"200 ")
+        seen = _json_body(b"HTTP/1.1 " + answer)
+        assert (seen["length"], seen["sha256"]) == (len(body), hashlib.sha256(body).hexdigest())
+
+    def ignored() -> bytes:
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+            s.sendall(_head("/ignore", 2 * MiB) + os.urandom(MiB))
+            return _read_all(s)
+
+    reply = await within(deferToThread(ignored), 20)
+    assert reply.startswith(b"HTTP/1.1 200 ") and reply.endswith(b"ignored")
+    assert b"Connection: close" in reply
 
 
 # --- too slow --------------------------------------------------------------------------------------
