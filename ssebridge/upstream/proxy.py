@@ -40,6 +40,7 @@ from twisted.web.iweb import IResponse
 from twisted.web.server import Request
 from zope.interface import implementer
 
+from ssebridge.logs import printable
 from ssebridge.upstream.base import (
     DelayedCall,
     HeaderRules,
@@ -347,7 +348,8 @@ class HTTPUpstream:
             return fail(UpstreamError(503, "Service Unavailable"))
         method: bytes = request.method
         url = self._origin + self._prefix + request.uri
-        what = f"{method.decode('ascii', 'replace')} {url.decode('ascii', 'replace')}"
+        # Logged with every failure: a client's bytes never reach a log line unescaped.
+        what = printable(method + b" " + url)
         body: IO[bytes] | None = None
         producer: Any = None
         streamed = streamed_body(request)
