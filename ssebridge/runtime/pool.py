@@ -24,9 +24,10 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from ssebridge.config.model import Config
+from ssebridge.runtime.backoff import backoff_delay
 from ssebridge.runtime.lifecycle import EXIT_CANNOT_START, StartError, stop_and_exit
 from ssebridge.runtime.listeners import FIRST_FD, ListenSpec, check_inherited, open_listener, parse_listen
-from ssebridge.runtime.mules import MuleService, backoff_delay
+from ssebridge.runtime.mules import MuleService
 from ssebridge.runtime.sdnotify import notify
 
 log = Logger()
