@@ -20,6 +20,7 @@ from zope.interface import implementer
 from ssebridge.http.takeover import GONE, direct_sender, gone, take_over
 from ssebridge.hub.channels import Hub
 from ssebridge.interfaces import Subscriber
+from ssebridge.logs import printable
 
 log = Logger()
 
@@ -165,7 +166,7 @@ class Stream:
         request.write(preamble)
         log.info(
             "stream opened: channel={channel} client={client} mode={mode}",
-            channel=self._channel.decode("utf-8", "replace"),
+            channel=printable(self._channel),
             client=self._peer,
             mode=self.mode,
         )
@@ -327,7 +328,7 @@ class Stream:
         log.info(
             "stream closed: channel={channel} client={client} duration={duration:.1f}s frames={frames} "
             "bytes={bytes} reason={reason}",
-            channel=self._channel.decode("utf-8", "replace"),
+            channel=printable(self._channel),
             client=self._peer,
             duration=time.monotonic() - self.opened_at,
             frames=self.frames,

@@ -40,3 +40,11 @@ def test_a_connection_has_the_instance_attributes_and_the_sender_follows_its_buf
         assert takeover.GONE in (send(b"x"), send(b"y"))
     finally:
         a.close()
+
+
+def test_the_http_channel_hooks_the_site_overrides_exist() -> None:
+    """``ssebridge.http.site`` overrides these to refuse early; a rename would silently bypass it."""
+    from twisted.web.http import HTTPChannel
+
+    for name in ("_send100Continue", "checkPersistence", "allHeadersReceived", "requestDone"):
+        assert callable(getattr(HTTPChannel, name, None)), name
