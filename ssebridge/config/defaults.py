@@ -12,6 +12,8 @@ from ssebridge.publish.offload import OFFLOAD_HEADER
 
 __all__ = [
     "BACKLOG",
+    "BODY_MIN_RATE",
+    "BODY_TIMEOUT",
     "CLIENT_BUFFER",
     "CONFIRM_TIMEOUT",
     "FORWARDED",
@@ -20,6 +22,7 @@ __all__ = [
     "IDLE_TIMEOUT",
     "LISTEN",
     "MAX_BODY",
+    "MAX_CONNECTIONS",
     "MAX_MESSAGE_SIZE",
     "MAX_STREAMS",
     "OFFLOAD_HEADER",
@@ -61,6 +64,12 @@ WORKERS = 1
 IDLE_TIMEOUT = 75.0
 #: Largest request body accepted (for the upstream app), in bytes.
 MAX_BODY = 10 * 1024 * 1024
+#: Seconds a request body may pause, and after which it must average ``BODY_MIN_RATE``; 0: off.
+BODY_TIMEOUT = 30.0
+#: Bytes a second a request body must average after its first ``BODY_TIMEOUT`` seconds; 0: any.
+BODY_MIN_RATE = 1024.0
+#: Most open connections that are not streams; 0 derives it from the open-files limit.
+MAX_CONNECTIONS = 0
 #: Threads running the in-process WSGI app.
 THREADS = 10
 #: Seconds to wait for the upstream's response headers before answering 504.

@@ -79,10 +79,10 @@ class Config:
     max_body: int = defaults.MAX_BODY
     #: A request body may pause this long (seconds), and past that must average body_min_rate
     #: bytes a second; 0 turns both off (ssebridge.http.site.BodyClock).
-    body_timeout: float = 30.0
-    body_min_rate: float = 1024.0
+    body_timeout: float = defaults.BODY_TIMEOUT
+    body_min_rate: float = defaults.BODY_MIN_RATE
     #: Most open connections that are not streams; 0 derives it from the open-files limit.
-    max_connections: int = 0
+    max_connections: int = defaults.MAX_CONNECTIONS
     #: The upstream app, at most one of: a WSGI file (its ``application``), a WSGI ``module:callable``,
     #: or the base URL of an HTTP app.
     wsgi_file: Path | None = None

@@ -930,3 +930,36 @@ def test_the_same_values_pass_where_they_fit(tmp_path: Path) -> None:
         "http://127.0.0.1:65535"
     )
     assert load_config(write(tmp_path, "u.toml", 'workers = 2\nlisten = "unix:/tmp/x.sock"\n')).workers == 2
+
+
+def test_every_number_default_is_defined_once_in_defaults() -> None:
+    """A scalar key's default is a name in ``ssebridge.config.defaults`` that ``Config`` uses, never a
+    literal repeated beside a "same as" comment."""
+    from ssebridge.config import defaults
+
+    for setting in SETTINGS:
+        if setting.type in ("int", "float", "count", "bool"):
+            default = Config.__dataclass_fields__[setting.field].default
+            assert getattr(defaults, setting.field.upper()) == default, setting.field
+
+
+def test_the_config_package_is_pure() -> None:
+    """Loading and checking a config imports no Twisted and nothing of the runtime, HTTP or hub."""
+    import subprocess
+
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import sys, ssebridge.config.model, ssebridge.config.reference\n"
+            "above = ('ssebridge.runtime', 'ssebridge.http', 'ssebridge.hub', 'ssebridge.upstream')\n"
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('twisted', 'klein', 'txredisapi')\n"
+            "  or m.startswith(above)))",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert (done.returncode, done.stdout.strip()) == (0, "[]"), done.stderr
