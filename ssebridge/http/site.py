@@ -417,25 +417,39 @@ class _Refused(Protocol):
     socket with unread data makes the kernel reset it, and the client could lose the 503.
     """
 
+    _closer: IDelayedCall | None = None
+    _lingering = 0
+
     def connectionMade(self) -> None:
-        assert self.transport is not None
-        self.transport.write(_BUSY)
         transport: Any = self.transport
+        transport.write(_BUSY)
+        if _Refused._lingering >= _MAX_LINGERING:
+            # A flood: lingering would hold a descriptor per refused connection, the very thing
+            # the cap protects. Close at once.
+            transport.loseConnection()
+            return
         try:
             transport.loseWriteConnection()
         except (AttributeError, NotImplementedError):
             transport.loseConnection()  # a transport that cannot half-close (TLS)
-        self._closer = _reactor().callLater(_LINGER, self.transport.loseConnection)
+            return
+        _Refused._lingering += 1
+        self._closer = _reactor().callLater(_LINGER, transport.loseConnection)
 
     def dataReceived(self, data: bytes) -> None:
         pass
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
-        if self._closer.active():
-            self._closer.cancel()
+        if self._closer is not None:
+            _Refused._lingering -= 1
+            if self._closer.active():
+                self._closer.cancel()
+            self._closer = None
 
 
 _LINGER = 1.0
+#: Refused connections lingering at once, at most (process-wide).
+_MAX_LINGERING = 16
 _BUSY_TEXT = b"Service unavailable: too many connections\n"
 _BUSY = (
     b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\nRetry-After: 5\r\n"

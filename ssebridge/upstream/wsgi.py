@@ -39,7 +39,7 @@ from twisted.python.threadpool import ThreadPool
 from twisted.web.server import Request
 from zope.interface import implementer
 
-from ssebridge.http.body import BodyReader
+from ssebridge.http.body import BodyBroken, BodyReader
 from ssebridge.publish.offload import OFFLOAD_HEADER, OFFLOAD_VARIABLE, offload, offload_header
 from ssebridge.upstream import uwsgi_compat
 from ssebridge.upstream.base import (
@@ -353,6 +353,19 @@ class _WSGICall:
         self.reply.callback(UpstreamReply(status[0], status[1], headers, variables, body=self))
 
     def _failed(self, failure: Failure, when: str) -> None:
+        if failure.check(BodyBroken):
+            # The request body broke off (the client left, or was too slow): not the app's fault,
+            # and the client is gone or being cut; no traceback.
+            log.info(
+                "WSGI app stopped reading the body of {method} {path!r}: {why}",
+                method=self.environ["REQUEST_METHOD"],
+                path=self.path,
+                why=failure.getErrorMessage(),
+            )
+            if not self.reply.called:
+                self._stop_timer()
+                self.reply.errback(UpstreamError(400, "Bad Request: the request body broke off"))
+            return
         log.failure(
             "WSGI app failed {when} for {method} {path!r}",
             failure,
