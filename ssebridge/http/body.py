@@ -98,9 +98,12 @@ class RequestBody:
         with self._lock:
             self._chunks.append(data)
             self._buffered += len(data)
+            # Set under the lock: a reader that drains the buffer then sees it, and wakes us.
+            pause = self._buffered > BUFFER_HIGH and not self._paused
+            if pause:
+                self._paused = True
             self._lock.notify_all()
-        if self._buffered > BUFFER_HIGH and not self._paused:
-            self._paused = True
+        if pause:
             self._pause()
 
     def finish(self) -> None:
