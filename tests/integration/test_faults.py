@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest_twisted
 from twisted.internet import reactor
+from twisted.logger import formatEvent, globalLogPublisher
 from twisted.web.resource import Resource
 
 from ssebridge.http.resource import ChannelResource
@@ -36,7 +37,7 @@ async def bridge(redis: RedisProcess) -> AsyncIterator[Fixture]:
     hub = Hub(redis_transport_factory(reactor))
     server = RedisServer(host="127.0.0.1", port=redis.port)
     root = Resource()
-    root.putChild(b"news", ChannelResource(hub, server, b"news", max_buffer=256 * 1024, confirm_timeout=1.0))
+    root.putChild(b"news", ChannelResource(hub, server, b"news", client_buffer=256 * 1024, confirm_timeout=1.0))
     site = BridgeSite(root, header_timeout=1.0)
     port = reactor.listenTCP(0, site, interface="127.0.0.1")  # type: ignore[attr-defined]
     hub.connect(server)
@@ -45,12 +46,14 @@ async def bridge(redis: RedisProcess) -> AsyncIterator[Fixture]:
     await hub.stop()
 
 
-async def publish_until_received(redis: RedisProcess, clients: list[Any], tag: str, timeout: float) -> float:
+async def publish_until_received(
+    redis: RedisProcess, clients: list[Any], tag: str, timeout: float, channel: str = "news"
+) -> float:
     """Publish ``tag`` repeatedly until every client has it; return seconds taken."""
     start = time.monotonic()
     while True:
         try:
-            redis.publish("news", tag)
+            redis.publish(channel, tag)
         except OSError:
             pass
         await sleep(0.05)
@@ -195,3 +198,45 @@ async def test_a_reconnect_stuck_in_select_keeps_retrying(redis: RedisProcess) -
     finally:
         await port.stopListening()
         await hub.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_message_over_the_output_buffer_limit_is_explained_and_bystanders_recover() -> None:
+    """Redis closes a subscriber whose output buffer passes ``client-output-buffer-limit pubsub``: one
+    big message costs every channel of the connection. The bridge says why, and resubscribes."""
+    redis = RedisProcess(extra_args=("--client-output-buffer-limit", "pubsub 1mb 1mb 0")).start()
+    lines: list[str] = []
+
+    def observe(event: Any) -> None:
+        lines.append(formatEvent(event))
+
+    hub = Hub(redis_transport_factory(reactor), max_message_size=4 * 1024 * 1024)
+    server = RedisServer(host="127.0.0.1", port=redis.port)
+    root = Resource()
+    for name in (b"big", b"bystander"):
+        root.putChild(name, ChannelResource(hub, server, name, confirm_timeout=1.0))
+    port = reactor.listenTCP(0, BridgeSite(root), interface="127.0.0.1")  # type: ignore[attr-defined]
+    hub.connect(server)
+    globalLogPublisher.addObserver(observe)
+    try:
+        big = await connect_sse(reactor, "127.0.0.1", port.getHost().port, b"/big")
+        bystander = await connect_sse(reactor, "127.0.0.1", port.getHost().port, b"/bystander")
+        await publish_until_received(redis, [bystander], "before", timeout=5.0, channel="bystander")
+        redis.publish("big", "x" * (2 * 1024 * 1024))
+        await until(lambda: hub.stats.redis_disconnects == 1, what="the subscriber closed by Redis")
+        await until(
+            lambda: any("client-output-buffer-limit" in line for line in lines), what="the cause logged"
+        )
+        explained = next(line for line in lines if "client-output-buffer-limit" in line)
+        assert "without restarting" in explained and "hard 1048576 bytes" in explained
+        print(f"\n{explained}")
+        await until(lambda: redis.numsub("bystander") == 1, what="resubscribed")
+        await publish_until_received(redis, [bystander], "after", timeout=5.0, channel="bystander")
+        assert not bystander.closed.called and not big.closed.called
+        for c in (big, bystander):
+            await c.disconnect()
+    finally:
+        globalLogPublisher.removeObserver(observe)
+        await port.stopListening()
+        await hub.stop()
+        redis.cleanup()
