@@ -16,7 +16,8 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
 from ssebridge import frames
-from ssebridge.http.stream import DEFAULT_MAX_BUFFER, Stream
+from ssebridge.config.defaults import CLIENT_BUFFER, CONFIRM_TIMEOUT
+from ssebridge.http.stream import Stream
 from ssebridge.hub.channels import Hub
 from ssebridge.routing.rules import RefusedChannel, check_channel
 from ssebridge.routing.wire import wire_text
@@ -44,8 +45,8 @@ class ChannelResource(Resource):
         server: Hashable,
         channel: bytes | str,
         mode: str = "sse",
-        max_buffer: int = DEFAULT_MAX_BUFFER,
-        confirm_timeout: float = 3.0,
+        client_buffer: int = CLIENT_BUFFER,
+        confirm_timeout: float = CONFIRM_TIMEOUT,
         reactor: IReactorTime | None = None,
     ) -> None:
         super().__init__()  # type: ignore[no-untyped-call]
@@ -65,7 +66,7 @@ class ChannelResource(Resource):
             self.refused = str(e)
             self.channel = b""
         self.mode = mode
-        self.max_buffer = max_buffer
+        self.client_buffer = client_buffer
         self.confirm_timeout = confirm_timeout
         self.reactor: Any = reactor
 
@@ -75,7 +76,7 @@ class ChannelResource(Resource):
             request.setResponseCode(400)
             request.setHeader(b"Content-Type", b"text/plain; charset=utf-8")
             return f"Bad request: {self.refused}\n".encode()
-        stream = Stream(request, self.hub, self.redis_server, self.channel, self.mode, self.max_buffer)
+        stream = Stream(request, self.hub, self.redis_server, self.channel, self.mode, self.client_buffer)
         attach_stream(
             stream, request, self.hub, self.redis_server, self.channel, self.confirm_timeout, self.reactor
         )

@@ -23,10 +23,11 @@ from twisted.web.server import NOT_DONE_YET, Request
 from werkzeug.routing import BaseConverter
 
 from ssebridge import frames
+from ssebridge.config.defaults import CLIENT_BUFFER, CONFIRM_TIMEOUT
 from ssebridge.config.model import StaticMap
 from ssebridge.http.resource import attach_stream
 from ssebridge.http.static import static_resource_for
-from ssebridge.http.stream import DEFAULT_MAX_BUFFER, Stream
+from ssebridge.http.stream import Stream
 from ssebridge.http.takeover import gone
 from ssebridge.hub.channels import Hub
 from ssebridge.logs import printable
@@ -232,8 +233,8 @@ class Bridge:
         rules: Sequence[Rule] = (),
         static_maps: Sequence[StaticMap] = (),
         default_server: RedisServer = DEFAULT_SERVER,
-        max_buffer: int = DEFAULT_MAX_BUFFER,
-        confirm_timeout: float = 3.0,
+        client_buffer: int = CLIENT_BUFFER,
+        confirm_timeout: float = CONFIRM_TIMEOUT,
         max_streams: int = 0,
         retry_after: int = 5,
         upstream: Upstream | None = None,
@@ -250,7 +251,7 @@ class Bridge:
         self.default_server = default_server
         #: Where a templated ``server=`` may point: refused with 400 elsewhere, before any connection.
         self.servers = declared_servers(default_server, self.rules)
-        self.max_buffer = max_buffer
+        self.client_buffer = client_buffer
         self.confirm_timeout = confirm_timeout
         self.max_streams = max_streams
         self.retry_after = retry_after
@@ -281,16 +282,16 @@ class Bridge:
 
     def start_stream(self, request: Request, resolved: Resolved, status: int = 200) -> Stream:
         """Attach ``request`` to the hub as a stream on ``resolved``'s channel."""
-        max_buffer = self.max_buffer
+        client_buffer = self.client_buffer
         if resolved.buffer_size is not None:
-            max_buffer = max(max_buffer, resolved.buffer_size)
+            client_buffer = max(client_buffer, resolved.buffer_size)
         stream = Stream(
             request,
             self.hub,
             resolved.server,
             resolved.channel,
             resolved.mode,
-            max_buffer,
+            client_buffer,
             on_close=self._stream_closed,
             status=status,
         )

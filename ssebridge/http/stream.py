@@ -17,16 +17,13 @@ from twisted.logger import Logger
 from twisted.web.server import Request
 from zope.interface import implementer
 
+from ssebridge.config.defaults import CLIENT_BUFFER
 from ssebridge.http.takeover import GONE, direct_sender, gone, take_over
 from ssebridge.hub.channels import Hub
 from ssebridge.interfaces import Subscriber
 from ssebridge.logs import printable
 
 log = Logger()
-
-#: Default bound on what one client may have queued and unsent, beyond the kernel's and Twisted's
-#: own buffers, before it is cut off as too slow.
-DEFAULT_MAX_BUFFER = 1024 * 1024
 
 #: The close reason of a client cut off for not reading fast enough.
 SLOW_CLIENT = "slow client"
@@ -81,7 +78,7 @@ class Stream:
         "_paused",
         "_queue",
         "_queued",
-        "_max_buffer",
+        "_client_buffer",
         "_closed",
         "_started",
         "_on_close",
@@ -100,7 +97,7 @@ class Stream:
         server: Hashable,
         channel: bytes,
         mode: str = "sse",
-        max_buffer: int = DEFAULT_MAX_BUFFER,
+        client_buffer: int = CLIENT_BUFFER,
         on_close: Callable[[Stream, str], None] | None = None,
         status: int = 200,
     ) -> None:
@@ -117,7 +114,7 @@ class Stream:
         # client. ``_queued`` counts their bytes: what the client's buffer bound applies to.
         self._queue: deque[bytes | memoryview] = deque()
         self._queued = 0
-        self._max_buffer = max_buffer
+        self._client_buffer = client_buffer
         self._closed = False
         self._started = False
         self._on_close = on_close
@@ -215,7 +212,7 @@ class Stream:
         else:
             self._enqueue(payload)
         self._drain()
-        if self._queued > self._max_buffer:
+        if self._queued > self._client_buffer:
             self.close(SLOW_CLIENT, abort=True)
 
     def _enqueue(self, payload: bytes | memoryview) -> None:

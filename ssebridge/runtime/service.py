@@ -55,7 +55,7 @@ class BridgeService(MultiService):
             rules=config.rules,
             static_maps=config.static_maps,
             default_server=config.redis,
-            max_buffer=config.client_buffer,
+            client_buffer=config.client_buffer,
             confirm_timeout=config.confirm_timeout,
             max_streams=config.max_streams,
             upstream=self.upstream,

@@ -37,7 +37,8 @@ async def bridge(redis: RedisProcess) -> AsyncIterator[Fixture]:
     hub = Hub(redis_transport_factory(reactor))
     server = RedisServer(host="127.0.0.1", port=redis.port)
     root = Resource()
-    root.putChild(b"news", ChannelResource(hub, server, b"news", client_buffer=256 * 1024, confirm_timeout=1.0))
+    news = ChannelResource(hub, server, b"news", client_buffer=256 * 1024, confirm_timeout=1.0)
+    root.putChild(b"news", news)
     site = BridgeSite(root, header_timeout=1.0)
     port = reactor.listenTCP(0, site, interface="127.0.0.1")  # type: ignore[attr-defined]
     hub.connect(server)

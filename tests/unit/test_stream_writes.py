@@ -44,7 +44,7 @@ def _hub() -> Hub:
     return Hub(make)
 
 
-def _stream(max_buffer: int = 1024 * 1024) -> tuple[Stream, StringTransport, list[str]]:
+def _stream(client_buffer: int = 1024 * 1024) -> tuple[Stream, StringTransport, list[str]]:
     transport = StringTransport()
     channel = HTTPChannel()
     channel.site = Site(Resource())  # type: ignore[attr-defined]
@@ -56,7 +56,12 @@ def _stream(max_buffer: int = 1024 * 1024) -> tuple[Stream, StringTransport, lis
     request.uri = request.path = b"/events/x"
     reasons: list[str] = []
     stream = Stream(
-        request, _hub(), "server", b"x", max_buffer=max_buffer, on_close=lambda s, why: reasons.append(why)
+        request,
+        _hub(),
+        "server",
+        b"x",
+        client_buffer=client_buffer,
+        on_close=lambda s, why: reasons.append(why),
     )
     stream.start()
     transport.clear()  # the response head
@@ -82,7 +87,7 @@ def test_frames_written_while_paused_are_counted_once() -> None:
 
 
 def test_a_paused_client_past_its_buffer_is_cut_off() -> None:
-    stream, transport, reasons = _stream(max_buffer=1000)
+    stream, transport, reasons = _stream(client_buffer=1000)
     stream.pauseProducing()
     stream.send(b"x" * 600)
     assert not stream.closed
@@ -93,7 +98,7 @@ def test_a_paused_client_past_its_buffer_is_cut_off() -> None:
 
 def test_a_large_frame_is_fed_in_pieces_and_counted_against_the_buffer() -> None:
     """A frame larger than the buffer bound cannot sit queued for a client that does not read."""
-    stream, transport, reasons = _stream(max_buffer=4 * PIECE)
+    stream, transport, reasons = _stream(client_buffer=4 * PIECE)
     # Twisted would pause a producer once its buffer passes its bufferSize: mimic a client that
     # never reads by pausing after the first piece arrives.
     written: list[int] = []
