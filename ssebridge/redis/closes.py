@@ -48,12 +48,14 @@ def run_id_of(reply: Any) -> bytes | None:
 class CloseDiagnosis:
     """One server's connections in a row: whether the last one was closed by the server, and why."""
 
-    __slots__ = ("server", "closed_by_server", "_run_id", "_restarted")
+    __slots__ = ("server", "closed_by_server", "clean", "_run_id", "_restarted")
 
     def __init__(self, server: str) -> None:
         self.server = server
         #: The last connection ended neither by our health check nor by a stop.
         self.closed_by_server = False
+        #: And it ended cleanly (the server closed it), not broken (a reset, a network error).
+        self.clean = False
         self._run_id: bytes | None = None
         self._restarted: bool | None = None
 
@@ -70,6 +72,9 @@ class CloseDiagnosis:
         self.closed_by_server = False
         if self._restarted:
             log.info("redis {server}: the server had restarted (new run_id)", server=self.server)
+            return
+        if not self.clean:
+            # A reset or a network error: not what Redis does when it drops a client on purpose.
             return
         log.warn(
             "redis {server}: the server closed the subscriber connection {restart}; the likely cause is "

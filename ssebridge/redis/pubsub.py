@@ -21,10 +21,12 @@ from typing import Any, cast
 import txredisapi
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.endpoints import HostnameEndpoint, UNIXClientEndpoint, wrapClientTLS
+from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import IReactorTime, IStreamClientEndpoint
 from twisted.internet.ssl import optionsForClientTLS
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from ssebridge.hub.channels import Hub
 from ssebridge.interfaces import Transport, TransportFactory, TransportSink
@@ -274,6 +276,7 @@ class RedisTransport:
         self.retries.cancel_all()
         # Not our health check, not a stop: the server (or the network) closed it.
         by_server = self._closes.closed_by_server = not (self._dropping or self._stopped)
+        self._closes.clean = isinstance(why, Failure) and why.check(ConnectionDone) is not None
         self._dropping = False
         self.sink.connection_down()
         if not self._stopped:

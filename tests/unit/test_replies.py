@@ -6,9 +6,10 @@ from __future__ import annotations
 from typing import Any
 
 import hiredis
+from twisted.logger import capturedLogs, formatEvent
 from txredisapi import ResponseError
 
-from ssebridge.redis.closes import pubsub_limit, run_id_of
+from ssebridge.redis.closes import CloseDiagnosis, pubsub_limit, run_id_of
 from ssebridge.redis.replies import ReplyLoop
 from ssebridge.redis.resp import encode_command
 from ssebridge.redis.retries import SUBSCRIBE_RETRY_INITIAL, SUBSCRIBE_RETRY_MAX, retry_delay
@@ -122,3 +123,23 @@ def test_refused_subscriptions_retry_with_a_bounded_jittered_backoff() -> None:
     assert len(set(first)) > 1
     assert all(d <= SUBSCRIBE_RETRY_MAX for n in range(1, 100) for d in [retry_delay(n)])
     assert max(retry_delay(1000) for _ in range(200)) > SUBSCRIBE_RETRY_MAX / 2
+
+
+def explanations(restart: bool, clean: bool, limit: str | None = "pubsub hard 1 bytes") -> list[str]:
+    diagnosis = CloseDiagnosis("r:1")
+    diagnosis.info(b"run_id:a\r\n")
+    diagnosis.closed_by_server, diagnosis.clean = True, clean
+    diagnosis.info(b"run_id:b\r\n" if restart else b"run_id:a\r\n")
+    with capturedLogs() as events:
+        diagnosis.explain(limit)
+        diagnosis.explain(limit)  # once per close
+    return [formatEvent(e) for e in events]
+
+
+def test_a_clean_close_by_a_server_that_did_not_restart_is_blamed_on_its_output_buffer_limit() -> None:
+    (line,) = explanations(restart=False, clean=True)
+    assert "without restarting" in line and "client-output-buffer-limit" in line and "hard 1 bytes" in line
+    assert explanations(restart=True, clean=True) == ["redis r:1: the server had restarted (new run_id)"]
+    assert explanations(restart=False, clean=False) == []
+    (unreadable,) = explanations(restart=False, clean=True, limit=None)
+    assert "CONFIG GET refused" in unreadable
