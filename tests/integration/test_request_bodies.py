@@ -17,6 +17,7 @@ import pytest
 import pytest_twisted
 import treq
 from twisted.internet import reactor
+from twisted.internet.protocol import Protocol, ServerFactory
 from twisted.internet.threads import deferToThread
 from twisted.web.client import HTTPConnectionPool
 from twisted.web.resource import Resource
@@ -366,6 +367,47 @@ def _dechunk(data: bytes) -> bytes:
         out += data[:size]
         data = data[size + 2 :]
     return out
+
+
+class _EarlyAnswer(Protocol):
+    """An upstream that answers 403 as soon as it has the request headers, reading none of the body."""
+
+    def __init__(self) -> None:
+        self.seen = b""
+
+    def dataReceived(self, data: bytes) -> None:
+        if b"\r\n\r\n" not in self.seen:
+            self.seen += data
+            if b"\r\n\r\n" in self.seen:
+                assert self.transport is not None
+                self.transport.write(b"HTTP/1.1 403 Forbidden\r\nContent-Length: 2\r\n\r\nno")
+                self.transport.loseConnection()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_proxied_app_may_answer_before_the_body_ends(run_bridge: RunBridge) -> None:
+    factory = ServerFactory.forProtocol(_EarlyAnswer)
+    upstream_port = reactor.listenTCP(0, factory, interface="127.0.0.1")  # type: ignore[attr-defined]
+    try:
+        service = await run_bridge(
+            "[uwsgi]\nhttp-socket = 127.0.0.1:{port}\nredis = {redis}\n"
+            f"proxy = http://127.0.0.1:{upstream_port.getHost().port}\n"
+        )
+
+        def post() -> bytes:
+            with socket.create_connection(("127.0.0.1", port_of(service)), timeout=10) as s:
+                s.sendall(_head("/upload", 4 * MiB))
+                try:
+                    s.sendall(os.urandom(MiB))
+                except OSError:
+                    pass
+                return _read_all(s)
+
+        reply = await within(deferToThread(post), 20)
+        assert reply.startswith(b"HTTP/1.1 403 "), reply[:100]
+        assert reply.endswith(b"no") and b"Connection: close" in reply
+    finally:
+        await upstream_port.stopListening()
 
 
 # --- the cap on connections that are not streams -------------------------------------------------------
