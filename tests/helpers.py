@@ -26,6 +26,7 @@ from twisted.web.iweb import IResponse
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 
+from ssebridge.http.takeover import gone
 from ssebridge.upstream.base import UpstreamError, UpstreamReply
 
 #: ``await run_bridge(ini_text, directory=tmp_path)``: a started in-process bridge (a conftest fixture).
@@ -146,7 +147,7 @@ class Front(Resource):
 
     def _reply(self, reply: UpstreamReply, request: Request) -> None:
         self.replies.append(reply)
-        if request._disconnected:
+        if gone(request):
             reply.discard_body()
             return
         channel = reply.variables.get("X-SSE-OFFLOAD")
@@ -172,7 +173,7 @@ class Front(Resource):
         error = failure.value
         assert isinstance(error, UpstreamError)
         self.errors.append(error)
-        if not request._disconnected:
+        if not gone(request):
             request.setResponseCode(error.code)
             request.setHeader(b"Content-Type", b"text/plain")
             request.write(error.text.encode())
@@ -180,7 +181,7 @@ class Front(Resource):
 
 
 def _finish(request: Request) -> None:
-    if not request.finished and not request._disconnected:
+    if not gone(request):
         request.finish()
 
 

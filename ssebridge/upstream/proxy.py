@@ -40,6 +40,7 @@ from twisted.web.iweb import IResponse
 from twisted.web.server import Request
 from zope.interface import implementer
 
+from ssebridge.http.takeover import gone
 from ssebridge.logs import printable
 from ssebridge.upstream.base import (
     DelayedCall,
@@ -132,7 +133,7 @@ class _ProxyBody(TwistedProtocol):
 
     def send(self, request: Request) -> Deferred[None]:
         """Stream the body into ``request`` (see ``UpstreamReply.send_body``)."""
-        if request.finished or request._disconnected:
+        if gone(request):
             self.discard()
             self.done.callback(None)
             return self.done

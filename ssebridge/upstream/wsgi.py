@@ -40,6 +40,8 @@ from twisted.web.server import Request
 from zope.interface import implementer
 
 from ssebridge.http.body import BodyBroken, BodyReader
+from ssebridge.http.takeover import gone
+from ssebridge.logs import printable
 from ssebridge.publish.offload import OFFLOAD_HEADER, OFFLOAD_VARIABLE, offload, offload_header
 from ssebridge.upstream import uwsgi_compat
 from ssebridge.upstream.base import (
@@ -100,7 +102,8 @@ class _ErrorStream:
     """``wsgi.errors``: lines the app writes become twisted.logger events (Flask logs here)."""
 
     def __init__(self, path: str) -> None:
-        self._path = path
+        # PATH_INFO is percent-decoded: an ESC sent as %1b must not reach an operator's terminal.
+        self._path = printable(path)
         self._partial = ""
         self._lock = threading.Lock()
 
@@ -387,7 +390,7 @@ class _WSGICall:
         self.request = request
         # The app governs the headers: no text/html added by twisted.web when it set no Content-Type.
         request.defaultContentType = None
-        if request.finished or request._disconnected:
+        if gone(request):
             self._set_mode("discard")
             self._body_done.callback(None)
             return self._body_done
@@ -419,7 +422,7 @@ class _WSGICall:
         self._release_waiter()
 
     def _write_in_reactor(self, chunk: bytes, done: threading.Event) -> None:
-        if self.request._disconnected:
+        if gone(self.request):
             self._client_gone = True
         if self._client_gone or self._mode != "send":
             done.set()
