@@ -237,7 +237,8 @@ SETTINGS: tuple[Setting, ...] = (
         "bool",
         boolean,
         "proxy: send `X-Forwarded-For/-Proto/-Host`; in-process: trust them for `REMOTE_ADDR`, the URL "
-        "scheme and the host",
+        "scheme and the host; `false`: a client's own `X-Forwarded-*`, `Forwarded` and `X-Real-IP` are "
+        "dropped before the app sees them",
     ),
     _setting(
         "offload_header",
