@@ -17,7 +17,7 @@ setup(
     },
     include_package_data=True,
     install_requires=[
-        # The hot path uses a few tcp.Connection internals behind ssebridge.http.takeover, which checks
+        # The hot path uses a few tcp.Connection internals behind ssebridge.takeover, which checks
         # them at import and falls back to plain writes; the range is what its contract test has passed on.
         "twisted>=24.3.0,<27",
         "txredisapi>=1.6.0",

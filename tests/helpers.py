@@ -26,7 +26,7 @@ from twisted.web.iweb import IResponse
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 
-from ssebridge.http.takeover import gone
+from ssebridge.takeover import gone
 from ssebridge.upstream.base import UpstreamError, UpstreamReply
 
 #: ``await run_bridge(ini_text, directory=tmp_path)``: a started in-process bridge (a conftest fixture).

@@ -28,7 +28,6 @@ from ssebridge.config.model import StaticMap
 from ssebridge.http.resource import attach_stream
 from ssebridge.http.static import static_resource_for
 from ssebridge.http.stream import Stream
-from ssebridge.http.takeover import gone
 from ssebridge.hub.channels import Hub
 from ssebridge.logs import printable
 from ssebridge.publish.offload import OFFLOAD_HEADER, OFFLOAD_VARIABLE
@@ -44,6 +43,7 @@ from ssebridge.routing.rules import (
     resolve_response,
 )
 from ssebridge.routing.wire import wire_text
+from ssebridge.takeover import gone
 from ssebridge.upstream.base import HOP_BY_HOP, Upstream, UpstreamError, UpstreamReply
 
 log = Logger()

@@ -18,7 +18,7 @@ from twisted.python.failure import Failure
 from twisted.web.http import HTTPChannel
 from twisted.web.server import Request, Site
 
-from ssebridge.http.body import BUFFER_HIGH, BodyBroken, RequestBody
+from ssebridge.upstream.body import BUFFER_HIGH, BodyBroken, RequestBody
 
 log = Logger()
 
@@ -124,7 +124,7 @@ class BridgeRequest(Request):
     With a ``body_policy`` on the site, a body is refused when the request headers arrive unless the
     upstream app will read it (a stream route, a static file, the metrics, or no upstream at all
     answer it with 413 before a byte of it is read), and a body that is read goes to the upstream
-    through a small in-memory buffer (``ssebridge.http.body``), never a temporary file. It must keep
+    through a small in-memory buffer (``ssebridge.upstream.body``), never a temporary file. It must keep
     coming: see ``BodyClock``. Without a policy, twisted.web's own body handling applies.
     """
 

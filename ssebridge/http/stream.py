@@ -18,10 +18,10 @@ from twisted.web.server import Request
 from zope.interface import implementer
 
 from ssebridge.config.defaults import CLIENT_BUFFER
-from ssebridge.http.takeover import GONE, direct_sender, gone, take_over
 from ssebridge.hub.channels import Hub
 from ssebridge.interfaces import Subscriber
 from ssebridge.logs import printable
+from ssebridge.takeover import GONE, direct_sender, gone, take_over
 
 log = Logger()
 

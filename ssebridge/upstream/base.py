@@ -23,8 +23,8 @@ from typing import IO, Any, Protocol, cast
 from twisted.internet.defer import Deferred, succeed
 from twisted.web.server import Request
 
-from ssebridge.http.body import RequestBody
 from ssebridge.routing.wire import wire_text
+from ssebridge.upstream.body import RequestBody
 
 __all__ = [
     "END_TO_END",

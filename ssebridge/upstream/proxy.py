@@ -40,8 +40,8 @@ from twisted.web.iweb import IResponse
 from twisted.web.server import Request
 from zope.interface import implementer
 
-from ssebridge.http.takeover import gone
 from ssebridge.logs import printable
+from ssebridge.takeover import gone
 from ssebridge.upstream.base import (
     DelayedCall,
     HeaderRules,

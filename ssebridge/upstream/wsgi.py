@@ -39,10 +39,9 @@ from twisted.python.threadpool import ThreadPool
 from twisted.web.server import Request
 from zope.interface import implementer
 
-from ssebridge.http.body import BodyBroken, BodyReader
-from ssebridge.http.takeover import gone
 from ssebridge.logs import printable
 from ssebridge.publish.offload import OFFLOAD_HEADER, OFFLOAD_VARIABLE, offload, offload_header
+from ssebridge.takeover import gone
 from ssebridge.upstream import uwsgi_compat
 from ssebridge.upstream.base import (
     DelayedCall,
@@ -55,6 +54,7 @@ from ssebridge.upstream.base import (
     is_forwarding_header,
     strip_hop_by_hop,
 )
+from ssebridge.upstream.body import BodyBroken, BodyReader
 
 __all__ = [
     "OFFLOAD_HEADER",

@@ -15,7 +15,7 @@ import pytest
 import pytest_twisted
 from twisted.internet import reactor
 
-from ssebridge.http import takeover
+from ssebridge import takeover
 from ssebridge.runtime.service import BridgeService
 from ssebridge.testing import RedisProcess, connect_sse
 from tests.helpers import RunBridge, port_of, until

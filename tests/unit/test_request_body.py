@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from ssebridge.http.body import BUFFER_HIGH, BUFFER_LOW, BodyBroken, RequestBody
+from ssebridge.upstream.body import BUFFER_HIGH, BUFFER_LOW, BodyBroken, RequestBody
 
 
 class Client:

@@ -1,4 +1,4 @@
-"""The contract ssebridge.http.takeover relies on, pinned against the installed Twisted.
+"""The contract ssebridge.takeover relies on, pinned against the installed Twisted.
 
 If an upgrade of Twisted breaks one of these, this fails (and the bridge, at run time, falls back to
 writing through twisted.web, logging which internal is missing).
@@ -11,7 +11,7 @@ import socket
 from twisted.internet import tcp
 from twisted.web.http import Request
 
-from ssebridge.http import takeover
+from ssebridge import takeover
 
 
 def test_the_class_contract_holds() -> None:
