@@ -23,6 +23,7 @@ from twisted.python.failure import Failure
 from ssebridge.interfaces import History, HistoryUnavailable, Replay
 from ssebridge.publish.envelope import EventId, history_key
 from ssebridge.redis.address import RedisServer
+from ssebridge.redis.handshake import handshake
 from ssebridge.redis.pubsub import endpoint_for
 from ssebridge.redis.streams import READ_SCRIPT, READ_SHA, read_arguments, replay_from
 
@@ -50,25 +51,10 @@ class _Protocol(txredisapi.RedisProtocol):  # type: ignore[misc]
 
     async def _handshake(self) -> None:
         owner = self.factory.owner
-        try:
-            for command, args in (("auth", (self.password, self.username)), ("select", (self.dbid,))):
-                if args[0] is None:
-                    continue
-                pending = cast(Deferred[Any], getattr(self, command)(*args))
-                response = await pending.addTimeout(owner.timeout, owner.reactor)
-                if isinstance(response, Exception):
-                    raise response
-        except Exception as e:
-            owner.handshake_failed(e)
-            self.transport.abortConnection()
+        error = await handshake(self, owner.timeout, owner.reactor)
+        if error is not None:
+            owner.handshake_failed(error)
             return
-        self.connected = 1
-        self._ready = True
-        # The factory's pool bookkeeping waits here (its base class keeps the list).
-        waiting: list[Deferred[Any]] = getattr(self, "_waiting_for_connect", [])
-        setattr(self, "_waiting_for_connect", [])  # noqa: B010 - an untyped base class attribute
-        for d in waiting:
-            d.callback(self)
         owner.connection_ready(self)
 
     def connectionLost(self, why: Any) -> None:

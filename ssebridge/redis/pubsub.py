@@ -32,6 +32,7 @@ from ssebridge.hub.channels import Hub
 from ssebridge.interfaces import Transport, TransportFactory, TransportSink
 from ssebridge.redis.address import RedisServer
 from ssebridge.redis.closes import CloseDiagnosis, pubsub_limit
+from ssebridge.redis.handshake import handshake
 from ssebridge.redis.replies import ReplyLoop
 from ssebridge.redis.retries import SubscribeRetries
 
@@ -64,32 +65,11 @@ class _SubscriberProtocol(txredisapi.SubscriberProtocol):  # type: ignore[misc]
         return Deferred.fromCoroutine(self._handshake())
 
     async def _handshake(self) -> None:
-        """AUTH and SELECT, then the channels: txredisapi's own ``connectionMade``, made to retry.
-
-        txredisapi stops reconnecting for good when AUTH or SELECT fails for any reason, a connection
-        lost midway included, and waits for their answers without a deadline (a frozen Redis). Here a
-        failure drops this connection and the pool tries again with its backoff.
-        """
         owner = self.factory.owner
-        try:
-            for command, args in (("auth", (self.password, self.username)), ("select", (self.dbid,))):
-                if args[0] is None:
-                    continue
-                pending = cast(Deferred[Any], getattr(self, command)(*args))
-                response = await pending.addTimeout(owner.health_timeout, owner.reactor)
-                if isinstance(response, Exception):
-                    raise response
-        except Exception as e:
-            owner.handshake_failed(e)
-            self.transport.abortConnection()
+        error = await handshake(self, owner.health_timeout, owner.reactor)
+        if error is not None:
+            owner.handshake_failed(error)
             return
-        self.connected = 1
-        self._ready = True
-        # txredisapi's getConnection() callers wait here (its base class keeps the list).
-        waiting: list[Deferred[Any]] = getattr(self, "_waiting_for_connect", [])
-        setattr(self, "_waiting_for_connect", [])  # noqa: B010 - an untyped base class attribute
-        for d in waiting:
-            d.callback(self)
         owner.connection_ready(self)
 
     def connectionLost(self, why: Any) -> None:
