@@ -4,6 +4,9 @@ They are what ssebridge's own tests use, and they are public so that an applicat
 hand-over to the bridge against real parts: ``RedisProcess`` starts a throw-away ``redis-server`` on a
 free port (and a unix socket), ``redis_command`` speaks RESP to it without a client library, and
 ``SSEClient`` is a Twisted HTTP client that parses a stream by the WHATWG rules a browser applies.
+
+Somewhat over 400 lines: a public helper module for users' tests (a Redis process, an SSE client
+and parser, RESP), kept in one importable place on purpose.
 """
 
 from __future__ import annotations

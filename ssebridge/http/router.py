@@ -3,6 +3,9 @@
 A request is described as uWSGI-style variables (``PATH_INFO``, ``QUERY_STRING``, ``HTTP_*``...), the
 routing rules decide whether it becomes a stream and on which channel, and the stream is attached to the
 hub. Nothing here knows Redis; nothing here writes SSE frames.
+
+Longer than most modules (~450 lines): the router, its refusals and the upstream reply's hand-over
+form one decision table; splitting it would scatter the order in which a request is tried.
 """
 
 from __future__ import annotations

@@ -3,6 +3,10 @@
 twisted.web resets its idle timeout on every byte received, so a client that sends its headers a byte
 at a time holds a connection (and a file descriptor) for as long as it likes. Here the whole header
 block of each request must arrive within ``header_timeout`` seconds.
+
+Longer than most modules (~500 lines): the channel and the request share the guards' state (deadlines,
+body buffering, the connection cap), and Twisted's hooks must be overridden in pairs that only
+make sense side by side.
 """
 
 from __future__ import annotations

@@ -8,6 +8,9 @@ upstream connection while the client's transport is full, or it is drained and d
 connection can go back to the pool.
 
 Not ``twisted.web.proxy``: it speaks HTTP/1.0 with ``Connection: close`` and buffers bodies.
+
+Longer than most modules (~450 lines): Agent's request, its body producer and the reply's body
+consumer are three halves of one exchange, kept together for the flow-control story between them.
 """
 
 from __future__ import annotations

@@ -15,6 +15,10 @@ connections, thread-locals) that a generator may still use while it yields.
 Loading: ``load_wsgi_file`` (uWSGI's ``wsgi-file``) and ``load_wsgi_module`` (``pkg.mod:app``) install
 the ``uwsgi`` stand-in first, so the seed's ``import uwsgi`` works. New apps can skip it and answer
 with an ``X-SSE-Offload: CHANNEL`` header (``offload_header(channel)``) instead.
+
+Longer than most modules (~700 lines) on purpose: one WSGI call crosses threads (the pool thread runs the
+app, the reactor owns the connection), and its states, timeouts and hand-over are easier to check
+when they sit together than when split across files that each hold half of a lock's story.
 """
 
 from __future__ import annotations
