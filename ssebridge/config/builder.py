@@ -102,6 +102,8 @@ class ConfigBuilder:
         #: Where each ``listen`` entry was, (line, key), for the checks that span several keys.
         self.listen_at: list[tuple[int | None, str]] = []
         self.rules: list[Rule] = []
+        #: Where each rule was, for the checks that span several keys (``max_channels``).
+        self.rule_lines: list[int | None] = []
         self.static_maps: list[StaticMap] = []
         self.mules: list[MuleSpec] = []
         self.values: dict[str, Any] = {}
@@ -151,9 +153,14 @@ class ConfigBuilder:
 
     def add_rule(self, kind: RuleKind, text: str, line: int | None, allow: str | None = None) -> None:
         try:
-            self.rules.append(parse_rule(kind, text, allow=allow))
+            rule = parse_rule(kind, text, allow=allow)
         except RuleError as e:
             raise self.error(line, f"{kind}: {e}") from None
+        self.add_parsed_rule(rule, line)
+
+    def add_parsed_rule(self, rule: Rule, line: int | None) -> None:
+        self.rules.append(rule)
+        self.rule_lines.append(line)
 
     def add_wsgi_file(self, path: str, line: int | None, key: str) -> None:
         resolved = _resolve(self.base, path)
@@ -184,6 +191,7 @@ class ConfigBuilder:
             line = self._set_at.get("proxy", self._set_at.get("wsgi_module"))
             raise self.error(line, f"choose one upstream app, not {' and '.join(upstreams)}")
         self._check_workers()
+        self._check_channels()
         return Config(
             wsgi_file=self.wsgi_file,
             collect_headers=tuple(self.collect_headers),
@@ -196,6 +204,20 @@ class ConfigBuilder:
             warnings=tuple(self.warnings),
             **self.values,
         )
+
+    def _check_channels(self) -> None:
+        """A rule naming more channels and patterns than ``max_channels`` would answer every request
+        with 400: an error now, naming both lines."""
+        cap = int(self.values.get("max_channels", defaults.MAX_CHANNELS))
+        where = self._set_at.get("max_channels")
+        setting = f" on line {where}" if where is not None else " (the default)"
+        for rule, line in zip(self.rules, self.rule_lines, strict=True):
+            count = rule.action.subscriptions
+            if count > cap:
+                raise self.error(
+                    line,
+                    f"{rule.kind}: {count} channels and patterns, more than max_channels = {cap}{setting}",
+                )
 
     def _check_workers(self) -> None:
         """What ``workers`` asks of the listeners, checked now rather than failing in every worker:

@@ -21,6 +21,7 @@ from ssebridge.redis.address import parse_server
 
 __all__ = [
     "MAX_BYTES",
+    "MAX_CHANNELS_LIMIT",
     "MAX_SECONDS",
     "MAX_STREAMS",
     "MAX_THREADS",
@@ -50,6 +51,9 @@ MAX_BYTES = 2**40
 MAX_STREAMS = 10_000_000
 MAX_WORKERS = 1024
 MAX_THREADS = 1024
+#: Channels per stream: every one is a subscription and a position in the stream's Last-Event-ID,
+#: which must fit in a request header.
+MAX_CHANNELS_LIMIT = 1024
 
 
 @dataclass(frozen=True)

@@ -1,14 +1,15 @@
 """Every setting's default value, once: ``Config`` takes its defaults from here, and so may any other
 module that needs one (the runtime's backlog, say).
 
-Nearly a leaf: it imports only the app-facing header name of ``ssebridge.publish`` (Twisted-free), so
-anything may import it without creating an import circle, and a tool that only wants a default loads
-no Twisted.
+Nearly a leaf: it imports only the app-facing header name of ``ssebridge.publish`` and the routing
+language's limits (``ssebridge.routing.limits``, a leaf), both Twisted-free, so anything may import it
+without creating an import circle, and a tool that only wants a default loads no Twisted.
 """
 
 from __future__ import annotations
 
 from ssebridge.publish.offload import OFFLOAD_HEADER
+from ssebridge.routing.limits import MAX_CHANNELS
 
 __all__ = [
     "BACKLOG",
@@ -22,11 +23,13 @@ __all__ = [
     "IDLE_TIMEOUT",
     "LISTEN",
     "MAX_BODY",
+    "MAX_CHANNELS",
     "MAX_CONNECTIONS",
     "MAX_MESSAGE_SIZE",
     "MAX_STREAMS",
     "OFFLOAD_HEADER",
     "OFFLOAD_THREADS",
+    "REPLAY_LIMIT",
     "RETRY_MS",
     "SHUTDOWN_WINDOW",
     "THREADS",
@@ -50,6 +53,8 @@ MAX_STREAMS = 0
 CLIENT_BUFFER = 1024 * 1024
 #: Largest Redis message delivered, in bytes; 0 means no limit.
 MAX_MESSAGE_SIZE = 1024 * 1024
+#: Events read from a channel's history per read when a client resumes or a channel catches up.
+REPLAY_LIMIT = 1000
 #: Seconds a new stream waits for Redis to confirm its subscription before starting anyway.
 CONFIRM_TIMEOUT = 3.0
 #: Seconds a client has to send its request headers; 0 turns the deadline off.
@@ -76,5 +81,6 @@ THREADS = 10
 UPSTREAM_TIMEOUT = 30.0
 #: Whether X-Forwarded-For/-Proto/-Host are trusted (in-process) or sent (proxy).
 FORWARDED = False
+# MAX_CHANNELS (imported above, 16): most channels plus patterns one stream may hold; past it, 400.
 # OFFLOAD_HEADER (imported above): the response header by which an upstream hands a connection over
 # with no rule configured; apps import the same name from ssebridge.publish.

@@ -95,5 +95,7 @@ class Config:
     upstream_timeout: float = defaults.UPSTREAM_TIMEOUT
     forwarded: bool = defaults.FORWARDED
     offload_header: str = defaults.OFFLOAD_HEADER
+    #: Most channels plus patterns one stream may hold; a request asking for more gets 400.
+    max_channels: int = defaults.MAX_CHANNELS
     #: Non-fatal notes found while loading (unknown keys, accepted-but-unused keys).
     warnings: tuple[str, ...] = field(default=())

@@ -14,6 +14,7 @@ from typing import Any, Literal
 
 from ssebridge.config.checks import (
     MAX_BYTES,
+    MAX_CHANNELS_LIMIT,
     MAX_SECONDS,
     MAX_STREAMS,
     MAX_THREADS,
@@ -245,6 +246,13 @@ SETTINGS: tuple[Setting, ...] = (
         "str",
         header_name,
         "the response header by which an app hands a connection over with no rule",
+    ),
+    _setting(
+        "max_channels",
+        "int",
+        at_least(1, MAX_CHANNELS_LIMIT),
+        "most channels plus patterns one stream may hold (a route's `channels`/`patterns`, repeated "
+        "`subscribe=`/`psubscribe=`, an app's `X-SSE-Offload: a, b`); past it, 400",
     ),
 )
 SETTINGS_BY_TOML = {s.toml: s for s in SETTINGS}

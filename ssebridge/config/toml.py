@@ -9,7 +9,8 @@ Schema (every key optional; docs/configuration.md has the full reference)::
     match = '^/events/(?P<channel>[a-z0-9]+)$'   # or match_uri, match_qs, match_host,
     action = "sse:${channel}"                    #    if, if_not, final_if, final_if_not
     allow = '[a-z0-9]{1,32}'                     # optional
-    # instead of action: channel = "...", mode = "sse", server = "...", buffer_size = 8192
+    # instead of action: channel = "...", mode = "sse", server = "...", buffer_size = 8192,
+    #   channels = ["user-${1}", "news"], patterns = ["room.*"], name_events = true
 
     [[static]]
     prefix = "/clock"
@@ -49,7 +50,7 @@ MATCH_KEYS: Mapping[str, RuleKind] = {
     "final_if_not": "final-route-if-not",
 }
 #: The keys of the structured form of an action (instead of ``action = "sse:..."``).
-ACTION_FIELDS = ("channel", "mode", "server", "buffer_size")
+ACTION_FIELDS = ("channel", "channels", "patterns", "name_events", "mode", "server", "buffer_size")
 _ROUTE_KEYS = frozenset([*MATCH_KEYS, "action", "allow", *ACTION_FIELDS])
 _STATIC_KEYS = frozenset(["prefix", "path"])
 _MULE_KEYS = frozenset(["command", "script", "cwd"])
@@ -240,7 +241,7 @@ class _Reader:
             rule = make_rule(kind, matcher, action, allow=allow)
         except RuleError as e:
             raise self.builder.error(self.lines.line(where, match_key), f"route: {e}") from None
-        self.builder.rules.append(rule)
+        self.builder.add_parsed_rule(rule, header)
 
     def action(self, table: Mapping[str, Any], where: _Table) -> Action:
         structured = [k for k in ACTION_FIELDS if k in table]
@@ -255,12 +256,29 @@ class _Reader:
                 return parse_action(text)
             except RuleError as e:
                 raise self.builder.error(self.lines.line(where, "action"), f"route: {e}") from None
-        if "channel" not in table:
-            raise self.builder.error(self.lines.line(where), "[[route]] has no action (or channel)")
-        channel = self.string(table, "channel", where)
+        if not any(k in table for k in ("channel", "channels", "patterns")):
+            raise self.builder.error(
+                self.lines.line(where), "[[route]] has no action (or channel, channels, patterns)"
+            )
+        channel = self.string(table, "channel", where, required=False)
+        # channel and channels combine, channel first: a route grows a second channel by adding a key.
+        channels = ([channel] if channel is not None else []) + self.names(
+            table, "channels", "channel", where
+        )
+        patterns = self.names(table, "patterns", "pattern", where)
+        if not channels and not patterns:
+            raise self.builder.error(
+                self.lines.line(where, "channels" if "channels" in table else "patterns"),
+                "route: no channel and no pattern (both lists are empty)",
+            )
+        name_events = table.get("name_events", False)
+        if not isinstance(name_events, bool):
+            raise self.builder.error(
+                self.lines.line(where, "name_events"),
+                f"name_events must be true or false, not {type_name(name_events)}",
+            )
         mode = self.string(table, "mode", where, required=False) or "sse"
         server = self.string(table, "server", where, required=False)
-        assert channel is not None
         # The route's key is the seed's buffer_size; what it sets is the route's client_buffer.
         client_buffer = table.get("buffer_size")
         if client_buffer is not None and (
@@ -274,18 +292,33 @@ class _Reader:
             raise self.builder.error(
                 self.lines.line(where, "mode"), f"mode must be sse or sseraw, not {mode!r}"
             )
-        if not channel.strip():
+        if channel is not None and not channel.strip():
             raise self.builder.error(self.lines.line(where, "channel"), "route: empty channel")
         try:
             return Action(
                 "sse" if mode == "sse" else "sseraw",
-                channel.strip(),
+                channels[0] if channels else "",
                 server.strip() if server is not None else None,
                 client_buffer,
                 templated=True,
+                more_channels=tuple(channels[1:]),
+                patterns=tuple(patterns),
+                name_events=name_events,
             )
         except RuleError as e:
-            raise self.builder.error(self.lines.line(where, "channel"), f"route: {e}") from None
+            key = next(k for k in ("channel", "channels", "patterns", "server") if k in table)
+            raise self.builder.error(self.lines.line(where, key), f"route: {e}") from None
+
+    def names(self, table: Mapping[str, Any], key: str, what: str, where: _Table) -> list[str]:
+        """A route's ``channels`` or ``patterns``: an array of non-empty strings (templates), trimmed."""
+        value = table.get(key, [])
+        line = self.lines.line(where, key)
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise self.builder.error(line, f"{key} must be an array of strings, not {type_name(value)}")
+        names = [v.strip() for v in value]
+        if not all(names):
+            raise self.builder.error(line, f"route: empty {what} in {key}")
+        return names
 
     def static(self, table: Mapping[str, Any], where: _Table) -> None:
         self._unknown_keys(table, _STATIC_KEYS, where)

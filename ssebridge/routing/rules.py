@@ -11,7 +11,9 @@ The language is uWSGI's internal routing, cut down to what the sse-offload plugi
 - ``route-if = COND:ARGS ACTION`` and ``route-if-not``, evaluated when the request arrives;
 - ``final-route-if`` and ``final-route-if-not``, evaluated on the upstream app's response, when the
   variables the app set (``uwsgi.add_var``, collected headers) are known;
-- actions ``sse:CHANNEL``, ``sseraw:CHANNEL`` or ``sse:server=ADDR,subscribe=CHANNEL,buffer_size=N``.
+- actions ``sse:CHANNEL``, ``sseraw:CHANNEL`` or ``sse:server=ADDR,subscribe=CHANNEL,buffer_size=N``;
+  ``subscribe=`` may repeat and ``psubscribe=PATTERN`` adds Redis glob patterns, so one stream can carry
+  several channels (at most ``max_channels`` channels and patterns together).
 
 Everything that can be decided when the config is read is decided then: regexes are compiled and
 templates are split into literal and variable parts, so a request costs one regex search per rule
@@ -27,13 +29,15 @@ from dataclasses import dataclass
 from typing import Literal, get_args
 
 from ssebridge.redis.address import RedisServer, parse_server
-from ssebridge.routing.actions import Action, Mode, action_text, parse_action
+from ssebridge.routing.actions import Action, Mode, action_text, offload_action, parse_action
 from ssebridge.routing.conditions import CONDITIONS, Condition, parse_condition
 from ssebridge.routing.errors import RefusedChannel, RuleError
-from ssebridge.routing.templates import Template, _Context, compile_regex
+from ssebridge.routing.limits import MAX_CHANNEL_LENGTH, MAX_CHANNELS
+from ssebridge.routing.templates import Template, _Context, compile_regex, glob_escape
 
 __all__ = [
     "CONDITIONS",
+    "MAX_CHANNELS",
     "MAX_CHANNEL_LENGTH",
     "REQUEST_KINDS",
     "RESPONSE_KINDS",
@@ -49,8 +53,11 @@ __all__ = [
     "Template",
     "action_text",
     "check_channel",
+    "check_pattern",
     "declared_servers",
+    "glob_escape",
     "make_rule",
+    "offload_action",
     "parse_action",
     "parse_condition",
     "parse_rule",
@@ -87,9 +94,6 @@ _SUBJECTS: Mapping[str, str] = {
 }
 _CONDITION_KINDS = frozenset(["route-if", "route-if-not", "final-route-if", "final-route-if-not"])
 _NEGATED_KINDS = frozenset(["route-if-not", "final-route-if-not"])
-
-#: Longest channel name a request may resolve to, in bytes.
-MAX_CHANNEL_LENGTH = 256
 
 
 # Rules.
@@ -150,8 +154,22 @@ def make_rule(
 
 
 def with_allow(rule: Rule, allow: str | re.Pattern[str] | None) -> Rule:
-    """``rule`` with its allow pattern replaced (``None`` removes it)."""
+    """``rule`` with its allow pattern replaced (``None`` removes it).
+
+    A channel or pattern the rule writes literally must pass its own allow regex: one that does not
+    would refuse every request, so it is a ``RuleError`` when the config is read instead.
+    """
     pattern = allow if allow is None or isinstance(allow, re.Pattern) else compile_regex(allow, "allow regex")
+    if pattern is not None:
+        action = rule.action
+        for what, templates in (
+            ("channel", (action._channel, *action._more)),
+            ("pattern", action._patterns),
+        ):
+            for template in templates:
+                literal = template.literal
+                if literal and pattern.fullmatch(literal) is None:
+                    raise RuleError(f"the allow regex refuses the rule's own {what} {literal!r}")
     return dataclasses.replace(rule, allow=pattern)
 
 
@@ -185,12 +203,46 @@ def _usage(kind: str) -> str:
 
 @dataclass(frozen=True)
 class Resolved:
-    """What a matching rule resolved to for one request: ready for the hub."""
+    """What a matching rule resolved to for one request: ready for the hub.
+
+    ``channel`` is the first channel (``b""`` when the route names patterns only), ``more_channels``
+    the others and ``patterns`` the Redis glob patterns, each already checked, none twice;
+    ``channels`` is every channel in order. ``name_events``: events the publisher gave no name are
+    named after their channel.
+    """
 
     mode: Mode
     channel: bytes
     server: RedisServer
     buffer_size: int | None
+    more_channels: tuple[bytes, ...] = ()
+    patterns: tuple[bytes, ...] = ()
+    name_events: bool = False
+
+    @property
+    def channels(self) -> tuple[bytes, ...]:
+        """The first channel and the others, in order, without empties or repeats."""
+        if not self.more_channels:
+            return (self.channel,) if self.channel else ()
+        return tuple(dict.fromkeys(c for c in (self.channel, *self.more_channels) if c))
+
+
+def _check_name(what: str, text: str, allow: re.Pattern[str] | None) -> bytes:
+    if not text:
+        raise RefusedChannel(f"empty {what}")
+    for char, name in (("\r", "CR"), ("\n", "LF"), ("\x00", "NUL")):
+        if char in text:
+            raise RefusedChannel(f"{what} contains {name}")
+    try:
+        data = text.encode("utf-8")
+    except UnicodeEncodeError:
+        # Lone surrogates: bytes that were not UTF-8 on the wire (ssebridge.routing.wire).
+        raise RefusedChannel(f"{what} is not valid Unicode (not UTF-8 on the wire)") from None
+    if len(data) > MAX_CHANNEL_LENGTH:
+        raise RefusedChannel(f"{what} is longer than {MAX_CHANNEL_LENGTH} bytes ({len(data)})")
+    if allow is not None and allow.fullmatch(text) is None:
+        raise RefusedChannel(f"{what} not allowed by the rule's allow pattern")
+    return data
 
 
 def check_channel(channel: str, allow: re.Pattern[str] | None = None) -> bytes:
@@ -200,21 +252,13 @@ def check_channel(channel: str, allow: re.Pattern[str] | None = None) -> bytes:
     name forge log lines and protocol text wherever it is echoed. Other bytes (spaces, any Unicode)
     are ordinary channel names.
     """
-    if not channel:
-        raise RefusedChannel("empty channel")
-    for char, name in (("\r", "CR"), ("\n", "LF"), ("\x00", "NUL")):
-        if char in channel:
-            raise RefusedChannel(f"channel contains {name}")
-    try:
-        data = channel.encode("utf-8")
-    except UnicodeEncodeError:
-        # Lone surrogates: bytes that were not UTF-8 on the wire (ssebridge.routing.wire).
-        raise RefusedChannel("channel is not valid Unicode (not UTF-8 on the wire)") from None
-    if len(data) > MAX_CHANNEL_LENGTH:
-        raise RefusedChannel(f"channel is longer than {MAX_CHANNEL_LENGTH} bytes ({len(data)})")
-    if allow is not None and allow.fullmatch(channel) is None:
-        raise RefusedChannel("channel not allowed by the rule's allow pattern")
-    return data
+    return _check_name("channel", channel, allow)
+
+
+def check_pattern(pattern: str, allow: re.Pattern[str] | None = None) -> bytes:
+    """A Redis glob pattern as the bytes to ``PSUBSCRIBE``; refused as ``check_channel`` refuses a
+    channel (empty, CR/LF/NUL, not UTF-8, too long, or not matching ``allow`` in full)."""
+    return _check_name("pattern", pattern, allow)
 
 
 def declared_servers(default_server: RedisServer, rules: Iterable[Rule] = ()) -> frozenset[RedisServer]:
@@ -248,14 +292,39 @@ def _declared(server: RedisServer, servers: Collection[RedisServer]) -> RedisSer
     raise RefusedChannel(f"server {server.describe()} is not one the configuration declares")
 
 
+def _subscriptions(
+    action: Action, context: _Context, allow: re.Pattern[str] | None, max_channels: int
+) -> tuple[list[bytes], list[bytes]]:
+    """The action's channels and patterns for one request, checked, each once, in order."""
+    templates = [action._channel, *action._more]
+    if not action._channel.text and (action._more or action._patterns):
+        # No first channel written: a patterns-only (or built-in-code) action, not an empty name.
+        templates = templates[1:]
+    channels = list(dict.fromkeys(check_channel(context.render(t), allow) for t in templates))
+    patterns = list(
+        dict.fromkeys(check_pattern(context.render(t, glob_escape), allow) for t in action._patterns)
+    )
+    if len(channels) + len(patterns) > max_channels:
+        raise RefusedChannel(f"more than {max_channels} channels")
+    return channels, patterns
+
+
 def _resolve(
     action: Action,
     context: _Context,
     default_server: RedisServer,
     allow: re.Pattern[str] | None,
     servers: Collection[RedisServer] | None,
+    max_channels: int,
 ) -> Resolved:
-    channel = check_channel(context.render(action._channel), allow)
+    if not action.more_channels and not action.patterns:
+        # The one-channel case, as it always was: no lists built per request.
+        channels = [check_channel(context.render(action._channel), allow)]
+        if max_channels < 1:
+            raise RefusedChannel(f"more than {max_channels} channels")
+        patterns: list[bytes] = []
+    else:
+        channels, patterns = _subscriptions(action, context, allow, max_channels)
     server = default_server
     if action._fixed_server is not None:
         server = action._fixed_server
@@ -267,7 +336,15 @@ def _resolve(
             raise RefusedChannel(f"bad server {text!r}: {e}") from None
         if servers is not None:
             server = _declared(server, servers)
-    return Resolved(action.mode, channel, server, action.buffer_size)
+    return Resolved(
+        action.mode,
+        channels[0] if channels else b"",
+        server,
+        action.buffer_size,
+        tuple(channels[1:]),
+        tuple(patterns),
+        action.name_events,
+    )
 
 
 def resolve_action(
@@ -277,12 +354,15 @@ def resolve_action(
     match: re.Match[str] | None = None,
     allow: re.Pattern[str] | None = None,
     servers: Collection[RedisServer] | None = None,
+    *,
+    max_channels: int = MAX_CHANNELS,
 ) -> Resolved:
     """Substitute one action for a request; raise ``RefusedChannel`` when the result must not stream.
 
-    A templated server must be one of ``servers`` when given (see ``resolve_request``).
+    A templated server must be one of ``servers`` when given (see ``resolve_request``). More than
+    ``max_channels`` channels and patterns together are refused ("more than N channels").
     """
-    return _resolve(action, _Context(variables, match), default_server, allow, servers)
+    return _resolve(action, _Context(variables, match), default_server, allow, servers, max_channels)
 
 
 def _apply(
@@ -291,6 +371,7 @@ def _apply(
     variables: Mapping[str, str],
     default_server: RedisServer,
     servers: Collection[RedisServer] | None,
+    max_channels: int,
 ) -> Resolved | None:
     for rule in rules:
         kind = rule.kind
@@ -311,7 +392,9 @@ def _apply(
                 holds, match = not holds, None
             if not holds:
                 continue
-        return _resolve(rule.action, _Context(variables, match), default_server, rule.allow, servers)
+        return _resolve(
+            rule.action, _Context(variables, match), default_server, rule.allow, servers, max_channels
+        )
     return None
 
 
@@ -320,6 +403,8 @@ def resolve_request(
     variables: Mapping[str, str],
     default_server: RedisServer,
     servers: Collection[RedisServer] | None = None,
+    *,
+    max_channels: int = MAX_CHANNELS,
 ) -> Resolved | None:
     """Apply the request-phase rules (``route*``, ``route-if``, ``route-if-not``) in order.
 
@@ -327,9 +412,11 @@ def resolve_request(
     even when its channel is refused. Raises ``RefusedChannel`` when that rule substitutes to a
     channel (or server) that must not be subscribed. With ``servers`` (what the bridge always passes:
     ``declared_servers(default_server, rules)``, computed once), a templated server must be one of
-    them; without, any server substitutes, as the routing language itself defines.
+    them; without, any server substitutes, as the routing language itself defines. A rule naming
+    more than ``max_channels`` channels and patterns (after substitution, repeats counted once) is
+    refused: ``RefusedChannel("more than N channels")``.
     """
-    return _apply(rules, REQUEST_KINDS, variables, default_server, servers)
+    return _apply(rules, REQUEST_KINDS, variables, default_server, servers, max_channels)
 
 
 def resolve_response(
@@ -337,6 +424,9 @@ def resolve_response(
     variables: Mapping[str, str],
     default_server: RedisServer,
     servers: Collection[RedisServer] | None = None,
+    *,
+    max_channels: int = MAX_CHANNELS,
 ) -> Resolved | None:
-    """Apply the response-phase rules (``final-route-if``, ``final-route-if-not``) in order."""
-    return _apply(rules, RESPONSE_KINDS, variables, default_server, servers)
+    """Apply the response-phase rules (``final-route-if``, ``final-route-if-not``) in order; refuse
+    past ``max_channels`` as ``resolve_request`` does."""
+    return _apply(rules, RESPONSE_KINDS, variables, default_server, servers, max_channels)

@@ -7,7 +7,7 @@ for a request is a join. Pure: no Twisted, no I/O.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 from urllib.parse import parse_qsl
@@ -122,17 +122,18 @@ class _Context:
         self._qs: dict[str, str] | None = None
         self._cookies: dict[str, str] | None = None
 
-    def render(self, template: Template) -> str:
+    def render(self, template: Template, escape: Callable[[str], str] | None = None) -> str:
+        """``template`` substituted; with ``escape``, every substituted value goes through it (the
+        template's own literal text does not)."""
         if template.literal is not None:
             return template.literal
         out: list[str] = []
         for part in template.parts:
             if isinstance(part, str):
                 out.append(part)
-            elif isinstance(part, int):
-                out.append(self._group(part))
-            else:
-                out.append(self._lookup(part))
+                continue
+            value = self._group(part) if isinstance(part, int) else self._lookup(part)
+            out.append(escape(value) if escape is not None else value)
         return "".join(out)
 
     def _group(self, number: int) -> str:
@@ -180,6 +181,20 @@ def _parse_cookies(header: str) -> dict[str, str]:
             value = value[1:-1]
         cookies.setdefault(name, value)
     return cookies
+
+
+_GLOB_SPECIAL = re.compile(r"([\\*?\[\]])")
+
+
+def glob_escape(text: str) -> str:
+    """``text`` as a Redis glob pattern matching exactly itself: ``*``, ``?``, ``[``, ``]`` and ``\\``
+    escaped with a backslash.
+
+    A value substituted into a ``psubscribe`` pattern goes through this, so the request supplies only
+    a literal piece of the pattern: a client sending ``*`` must not widen ``room.${1}`` to every
+    channel on the server. The pattern's own text, written in the config, keeps its glob meaning.
+    """
+    return _GLOB_SPECIAL.sub(r"\\\1", text)
 
 
 def compile_regex(regex: str, what: str) -> re.Pattern[str]:
