@@ -36,11 +36,12 @@ from ssebridge.logs import printable
 from ssebridge.publish.offload import OFFLOAD_HEADER, OFFLOAD_VARIABLE
 from ssebridge.redis.address import DEFAULT_SERVER, RedisServer
 from ssebridge.routing.rules import (
-    Action,
+    MAX_CHANNELS,
     RefusedChannel,
     Resolved,
     Rule,
     declared_servers,
+    offload_action,
     resolve_action,
     resolve_request,
     resolve_response,
@@ -243,6 +244,7 @@ class Bridge:
         upstream: Upstream | None = None,
         offload_header: str = OFFLOAD_HEADER,
         reactor: Any = None,
+        max_channels: int = MAX_CHANNELS,
     ) -> None:
         if reactor is None:
             from twisted.internet import reactor as default_reactor
@@ -261,6 +263,8 @@ class Bridge:
         self.reactor = reactor
         self.upstream = upstream
         self.offload_header = offload_header.encode("latin-1").lower()
+        #: Most channels plus patterns one stream may hold: more is refused with 400.
+        self.max_channels = max_channels
         self.streams: set[Stream] = set()
         #: Resources answering exact paths before any rule (metrics and health checks, when configured).
         self.fixed: dict[str, IResource] = {}
@@ -403,16 +407,24 @@ class Bridge:
         for name, value in headers:
             if name.lower() == self.offload_header:
                 native = value
+        cap = self.max_channels
         try:
-            resolved = resolve_response(self.rules, merged, self.default_server, self.servers)
+            resolved = resolve_response(
+                self.rules, merged, self.default_server, self.servers, max_channels=cap
+            )
             if resolved is None:
-                # No rule took it: the native signals need none, the header or the seed's variable.
-                channel = wire_text(native) if native is not None else None
-                if channel is None:
-                    channel = reply.variables.get(OFFLOAD_VARIABLE)
-                if channel is not None:
+                # No rule took it: the native signals need none, the header or the seed's variable,
+                # each a comma-separated list of channels ("user-42, news"), taken literally.
+                offered = wire_text(native) if native is not None else None
+                if offered is None:
+                    offered = reply.variables.get(OFFLOAD_VARIABLE)
+                if offered is not None:
                     resolved = resolve_action(
-                        Action("sse", channel), merged, self.default_server, servers=self.servers
+                        offload_action(offered),
+                        merged,
+                        self.default_server,
+                        servers=self.servers,
+                        max_channels=cap,
                     )
         except RefusedChannel as e:
             reply.discard_body()

@@ -61,6 +61,7 @@ class BridgeService(MultiService):
             upstream=self.upstream,
             offload_header=config.offload_header,
             reactor=reactor,
+            max_channels=config.max_channels,
         )
         self.site = BridgeSite(
             self.bridge.resource(),
