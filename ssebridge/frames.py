@@ -6,6 +6,7 @@ bytes to every client of a channel, so these run once per message, not once per 
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable
 
 _DATA = b"data: "
@@ -50,3 +51,40 @@ def retry(milliseconds: int) -> bytes:
     if milliseconds < 0:
         raise ValueError("retry must not be negative")
     return b"retry: %d\n\n" % milliseconds
+
+
+def event_head(event: bytes = b"", retry_ms: bytes = b"") -> bytes:
+    """The ``event:`` and ``retry:`` lines of an event (either may be absent). Both were validated by
+    the publisher (``ssebridge.publish.envelope``): no CR, LF or NUL in an event name, digits only in
+    a retry."""
+    head = b""
+    if event:
+        head = b"event: " + event + b"\n"
+    if retry_ms:
+        head += b"retry: " + retry_ms + b"\n"
+    return head
+
+
+def id_line(event_id: bytes) -> bytes:
+    """An ``id:`` line. A browser keeps it as the stream's last event id and sends it back as
+    ``Last-Event-ID`` when it reconnects."""
+    return b"id: " + event_id + b"\n"
+
+
+def encode_event(data: bytes, event_id: bytes = b"", event: bytes = b"", retry_ms: bytes = b"") -> bytes:
+    """One event with its id, name and retry hint (each optional) and its data framed as
+    ``encode_data`` frames it."""
+    return event_head(event, retry_ms) + (id_line(event_id) if event_id else b"") + encode_data(data)
+
+
+#: The event name of the notice that a stream could not be resumed whole.
+GAP_EVENT = b"ssebridge.gap"
+
+
+def gap(channels: Iterable[bytes], reason: str) -> bytes:
+    """The ``ssebridge.gap`` event: the page missed events (history no longer holds them, or the id it
+    came back with is unknown or from the future) and should reload its state. It carries no ``id:``,
+    so the browser's last event id stays that of the last real event."""
+    names = [name.decode("utf-8", "replace") for name in channels]
+    body = json.dumps({"channels": names, "reason": reason}, separators=(",", ":")).encode()
+    return b"event: " + GAP_EVENT + b"\n" + encode_data(body)

@@ -46,6 +46,11 @@ class Subscriber(Protocol):
 
     #: ``"sse"`` gets WHATWG frames, ``"sseraw"`` the message bytes untouched.
     mode: str
+    #: For a stream of several channels, where it is on each (its ``id:`` is the composite of them);
+    #: ``None`` for a stream of one channel, whose ``id:`` is the event's own id, shared by every client.
+    positions: dict[bytes, EventId | None] | None
+    #: Events with no name of their own are named after their channel (``event: CHANNEL``).
+    name_events: bool
 
     def send(self, data: bytes, count: int = 1) -> None:
         """Deliver already-framed bytes holding ``count`` events (0 for a comment or a hint).
@@ -157,3 +162,6 @@ class History(Protocol):
 
     def current_id(self, channel: bytes) -> Deferred[EventId | None]:
         """The newest id of ``channel``'s history, or ``None`` when it has none."""
+
+    def stop(self) -> Deferred[None]:
+        """Close the history's connections for good."""

@@ -32,6 +32,8 @@ _COUNTERS = (
     ("redis_connects", "Redis connections established (the first, and every reconnect)."),
     ("redis_disconnects", "Redis connections lost."),
     ("subscribe_refusals", "Error replies to SUBSCRIBE (NOAUTH, NOPERM...), retries included."),
+    ("messages_malformed", "Messages on an event channel that are not ssebridge1 envelopes."),
+    ("catch_ups", "History reads filling what a channel missed (a reconnect, or a hole in the ids)."),
     ("upstream_errors", "Upstream failures answered with 5xx."),
 )
 

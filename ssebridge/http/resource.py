@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Hashable
 from typing import Any
 
-from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.defer import CancelledError, Deferred, FirstError, gatherResults
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -19,6 +19,8 @@ from ssebridge import frames
 from ssebridge.config.defaults import CLIENT_BUFFER, CONFIRM_TIMEOUT
 from ssebridge.http.stream import Stream
 from ssebridge.hub.channels import Hub
+from ssebridge.logs import printable
+from ssebridge.publish.envelope import parse_position
 from ssebridge.routing.rules import RefusedChannel, check_channel
 from ssebridge.routing.wire import wire_text
 
@@ -77,10 +79,28 @@ class ChannelResource(Resource):
             request.setHeader(b"Content-Type", b"text/plain; charset=utf-8")
             return f"Bad request: {self.refused}\n".encode()
         stream = Stream(request, self.hub, self.redis_server, self.channel, self.mode, self.client_buffer)
-        attach_stream(
-            stream, request, self.hub, self.redis_server, self.channel, self.confirm_timeout, self.reactor
-        )
+        attach_stream(stream, request, self.hub, self.redis_server, self.confirm_timeout, self.reactor)
         return NOT_DONE_YET
+
+
+#: Where a client says which event it saw last: the header a browser sends on its own reconnects, then
+#: the query parameters a page can set for its first connection.
+RESUME_HEADER = b"last-event-id"
+RESUME_PARAMETERS = (b"last_event_id", b"lastEventId")
+
+
+def resume_from(request: Request) -> str | None:
+    """The ``Last-Event-ID`` of ``request`` (header first, then ``?last_event_id=`` or
+    ``?lastEventId=``), or ``None`` when it names none."""
+    values = request.requestHeaders.getRawHeaders(RESUME_HEADER)
+    if values and values[-1].strip():
+        return wire_text(values[-1].strip())
+    args = request.args or {}
+    for name in RESUME_PARAMETERS:
+        given = args.get(name)
+        if given and given[0].strip():
+            return wire_text(given[0].strip())
+    return None
 
 
 def attach_stream(
@@ -88,13 +108,22 @@ def attach_stream(
     request: Request,
     hub: Hub,
     server: Hashable,
-    channel: bytes,
     confirm_timeout: float,
     reactor: Any,
 ) -> Deferred[None]:
-    """Attach ``stream`` to the hub and start it once its subscription is confirmed (or timed out)."""
-    confirmed = hub.attach(server, channel, stream)
-    timer = reactor.callLater(confirm_timeout, _start_unconfirmed, stream, hub, server, channel)
+    """Attach ``stream`` to the hub on each of its channels and start it once every subscription is
+    confirmed (or the wait timed out). A request that carries a ``Last-Event-ID`` resumes: each
+    channel first replays what history holds after the stream's position on it."""
+    text = resume_from(request) if stream.mode == "sse" else None
+    positions = parse_position(text, stream.channels) if text is not None else {}
+    if stream.positions is not None:
+        stream.positions.update((name, pos) for name, pos in positions.items() if pos is not None)
+    waits = [
+        hub.attach(server, channel, stream, text is not None, positions.get(channel))
+        for channel in stream.channels
+    ]
+    confirmed: Deferred[Any] = waits[0] if len(waits) == 1 else gatherResults(waits, consumeErrors=True)
+    timer = reactor.callLater(confirm_timeout, _start_unconfirmed, stream, hub, server)
 
     def on_confirmed(_: object) -> None:
         if timer.active():
@@ -104,6 +133,8 @@ def attach_stream(
     def on_error(failure: Failure) -> None:
         if timer.active():
             timer.cancel()
+        if isinstance(failure.value, FirstError):
+            failure = failure.value.subFailure
         if not failure.check(CancelledError):
             log.failure("attaching a stream failed", failure)
             stream.close("internal error")
@@ -113,19 +144,21 @@ def attach_stream(
     def on_finish(result: object) -> None:
         if timer.active():
             timer.cancel()
-        if not confirmed.called:
-            confirmed.cancel()
+        for wait in waits:
+            if not wait.called:
+                wait.cancel()
         stream.close("client gone")
 
     request.notifyFinish().addBoth(on_finish)
-    return confirmed
+    return confirmed.addCallback(lambda _: None)
 
 
-def _start_unconfirmed(stream: Stream, hub: Hub, server: Hashable, channel: bytes) -> None:
+def _start_unconfirmed(stream: Stream, hub: Hub, server: Hashable) -> None:
     log.warn(
-        "subscription to {channel!r} not confirmed in time; stream started, receiving once resubscribed",
-        channel=channel,
+        "subscription to {channel} not confirmed in time; stream started, receiving once resubscribed",
+        channel=printable(b",".join(stream.channels)),
     )
-    hub.activate_early(server, channel, stream)
+    for channel in stream.channels:
+        hub.activate_early(server, channel, stream)
     # A comment, so the client sees a live stream while Redis is away.
     stream.start(frames.comment(b"waiting for the message server") if stream.mode == "sse" else b"")

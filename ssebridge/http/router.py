@@ -303,9 +303,7 @@ class Bridge:
             status=status,
         )
         self.streams.add(stream)
-        attach_stream(
-            stream, request, self.hub, resolved.server, resolved.channel, self.confirm_timeout, self.reactor
-        )
+        attach_stream(stream, request, self.hub, resolved.server, self.confirm_timeout, self.reactor)
         return stream
 
     def _stream_closed(self, stream: Stream, reason: str) -> None:

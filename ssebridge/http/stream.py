@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Sequence
 from typing import Any
 
 from twisted.internet.interfaces import IPushProducer
@@ -21,6 +21,7 @@ from ssebridge.config.defaults import CLIENT_BUFFER
 from ssebridge.hub.channels import Hub
 from ssebridge.interfaces import Subscriber
 from ssebridge.logs import printable
+from ssebridge.publish.envelope import EventId
 from ssebridge.takeover import GONE, direct_sender, gone, take_over
 
 log = Logger()
@@ -55,11 +56,16 @@ STREAM_HEADERS = (
 
 @implementer(IPushProducer)
 class Stream:
-    """One client's stream on one channel.
+    """One client's stream on one channel, or on several.
 
-    Lifecycle: created and attached to the hub (waiting); ``start`` sends the headers once the channel's
-    subscription is confirmed; ``send`` delivers frames; ``close`` ends it (the client left, it was too
-    slow, or the service is stopping) and detaches it from the hub exactly once.
+    Lifecycle: created and attached to the hub (waiting); ``start`` sends the headers once every
+    channel's subscription is confirmed; ``send`` delivers frames (what arrives before ``start`` waits
+    for it: a replay may be read before the last channel is confirmed); ``close`` ends it (the client
+    left, it was too slow, or the service is stopping) and detaches it from the hub exactly once.
+
+    A stream of several channels keeps ``positions``, where it is on each: its events' ``id:`` is
+    their composite (``ssebridge.publish.envelope.format_position``), what a browser sends back as
+    ``Last-Event-ID`` to resume every channel at once.
 
     Once the headers are out, a stream on a plain TCP or unix connection takes the connection over
     from twisted.web: it becomes the transport's protocol and producer, and the ``Request`` and
@@ -73,6 +79,10 @@ class Stream:
         "_hub",
         "_server",
         "_channel",
+        "channels",
+        "positions",
+        "name_events",
+        "_early",
         "_transport",
         "_chunked",
         "_paused",
@@ -100,12 +110,22 @@ class Stream:
         client_buffer: int = CLIENT_BUFFER,
         on_close: Callable[[Stream, str], None] | None = None,
         status: int = 200,
+        more_channels: Sequence[bytes] = (),
+        name_events: bool = False,
     ) -> None:
         self.mode = mode
         self._request: Request | None = request
         self._hub = hub
         self._server = server
         self._channel = channel
+        #: Every channel of the stream, the first (``channel``) first.
+        self.channels: tuple[bytes, ...] = tuple(dict.fromkeys((channel, *more_channels)))
+        self.positions: dict[bytes, EventId | None] | None = (
+            dict.fromkeys(self.channels) if len(self.channels) > 1 else None
+        )
+        self.name_events = name_events
+        # Sends before ``start``, unframed (whether the response is chunked is known at ``start``).
+        self._early: list[bytes] = []
         self._transport: Any = None
         self._chunked = False
         self._paused = False
@@ -163,7 +183,7 @@ class Stream:
         request.write(preamble)
         log.info(
             "stream opened: channel={channel} client={client} mode={mode}",
-            channel=printable(self._channel),
+            channel=printable(b",".join(self.channels)),
             client=self._peer,
             mode=self.mode,
         )
@@ -176,10 +196,15 @@ class Stream:
         taken = take_over(request, self)
         if taken is None:
             request.registerProducer(self, True)
-            return
-        self._transport = taken
-        self._request = None
-        self._direct = direct_sender(taken)
+        else:
+            self._transport = taken
+            self._request = None
+            self._direct = direct_sender(taken)
+        if self._early:
+            early, self._early = self._early, []
+            for data in early:
+                self._enqueue(_chunk(data) if self._chunked else data)
+            self._drain()
 
     # IProtocol, after a take-over: the client is not expected to send anything more.
 
@@ -199,9 +224,12 @@ class Stream:
         """
         if self._closed:
             return
-        payload = _chunk(data) if self._chunked else data
         self.frames += count
         self.bytes += len(data)
+        if not self._started:
+            self._early.append(data)
+            return
+        payload = _chunk(data) if self._chunked else data
         direct = self._direct
         if direct is not None and not self._paused and not self._queue:
             # The hot path: nothing queued, so the kernel's buffer almost always takes it all now.
@@ -271,9 +299,11 @@ class Stream:
         self._direct = None
         # What a paused client has queued still goes out before a gentle close's last words.
         pending = b"".join(self._queue) if not abort else b""
+        self._early.clear()
         self._queue.clear()
         self._queued = 0
-        self._hub.detach(self._server, self._channel, self)
+        for channel in self.channels:
+            self._hub.detach(self._server, channel, self)
         stats = self._hub.stats
         stats.streams_closed += 1
         if reason == SLOW_CLIENT:
@@ -325,7 +355,7 @@ class Stream:
         log.info(
             "stream closed: channel={channel} client={client} duration={duration:.1f}s frames={frames} "
             "bytes={bytes} reason={reason}",
-            channel=printable(self._channel),
+            channel=printable(b",".join(self.channels)),
             client=self._peer,
             duration=time.monotonic() - self.opened_at,
             frames=self.frames,

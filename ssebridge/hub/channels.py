@@ -16,137 +16,73 @@ with its last, so that requests cannot leave connections (and reconnect loops) b
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Mapping
+from collections.abc import Callable, Hashable, Mapping
 from typing import Any
 
-from twisted.internet.defer import Deferred, gatherResults, succeed
+from twisted.internet.defer import Deferred, gatherResults
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from ssebridge.frames import comment, encode_batch, encode_raw
+from ssebridge.config.defaults import MAX_MESSAGE_SIZE, REPLAY_LIMIT
+from ssebridge.hub.channel import REFUSED_COMMENT, Channel, frame_events
 from ssebridge.hub.stats import Stats
-from ssebridge.interfaces import Subscriber, Transport, TransportFactory, TransportSink
+from ssebridge.interfaces import History, Replay, Subscriber, Transport, TransportFactory, TransportSink
+from ssebridge.logs import printable
+from ssebridge.publish.envelope import Envelope, EventId, MalformedEnvelope, decode_envelope, envelope_channel
 
-__all__ = ["DEFAULT_MAX_MESSAGE_SIZE", "REFUSED_COMMENT", "Channel", "ChannelGroup", "Hub"]
+__all__ = [
+    "DEFAULT_MAX_MESSAGE_SIZE",
+    "MAX_REPLAY_PAGES",
+    "REFUSED_COMMENT",
+    "Channel",
+    "ChannelGroup",
+    "HistoryFactory",
+    "Hub",
+]
 
 log = Logger()
 
 #: Messages larger than this are not delivered (logged and counted): 0 means no limit.
-DEFAULT_MAX_MESSAGE_SIZE = 1024 * 1024
+DEFAULT_MAX_MESSAGE_SIZE = MAX_MESSAGE_SIZE
+#: Events read from history per read, for a resuming client or a catch-up.
+DEFAULT_REPLAY_LIMIT = REPLAY_LIMIT
+#: Reads of ``replay_limit`` events at most, for one replay: past them, a ``"truncated"`` gap.
+MAX_REPLAY_PAGES = 10
 
-#: What an SSE subscriber is told while the server refuses its channel's subscription.
-REFUSED_COMMENT = comment(b"subscription refused by the message server, retrying")
-
-
-class Channel:
-    """One subscribed channel: its subscribers, and whether the subscription is confirmed.
-
-    Subscribers that arrive before the subscription is confirmed wait in ``_waiting`` and are not sent
-    anything: their response has not started, and a message that arrives before the confirmation was
-    published before they could be promised it.
-    """
-
-    __slots__ = ("name", "confirmed", "refused", "stats", "_sse", "_raw", "_waiting")
-
-    def __init__(self, name: bytes, stats: Stats) -> None:
-        self.name = name
-        self.stats = stats
-        self.confirmed = False
-        #: The server's error while it refuses the subscription, else ``None``.
-        self.refused: str | None = None
-        self._sse: set[Subscriber] = set()
-        self._raw: set[Subscriber] = set()
-        self._waiting: dict[Subscriber, Deferred[None]] = {}
-
-    def __len__(self) -> int:
-        return len(self._sse) + len(self._raw) + len(self._waiting)
-
-    def _active_set(self, subscriber: Subscriber) -> set[Subscriber]:
-        return self._raw if subscriber.mode == "sseraw" else self._sse
-
-    def add(self, subscriber: Subscriber) -> Deferred[None]:
-        if self.confirmed:
-            self._active_set(subscriber).add(subscriber)
-            return succeed(None)
-
-        def withdraw(_: Deferred[None]) -> None:
-            self._waiting.pop(subscriber, None)
-
-        d: Deferred[None] = Deferred(withdraw)
-        self._waiting[subscriber] = d
-        return d
-
-    def activate_early(self, subscriber: Subscriber) -> None:
-        """Let a waiting subscriber receive messages before confirmation (its stream has started)."""
-        if self._waiting.pop(subscriber, None) is not None:
-            self._active_set(subscriber).add(subscriber)
-
-    def remove(self, subscriber: Subscriber) -> None:
-        self._sse.discard(subscriber)
-        self._raw.discard(subscriber)
-        waiting = self._waiting.pop(subscriber, None)
-        if waiting is not None and not waiting.called:
-            waiting.cancel()
-
-    def confirm(self) -> None:
-        self.confirmed = True
-        self.refused = None
-        waiting, self._waiting = self._waiting, {}
-        for subscriber in waiting:
-            self._active_set(subscriber).add(subscriber)
-        for d in waiting.values():
-            d.callback(None)
-
-    def refuse(self, error: str) -> None:
-        """The server refused the subscription: say so to every started SSE subscriber.
-
-        Raw subscribers are told nothing: their bytes belong to the publisher's own framing. Waiting
-        subscribers have no response yet; they start with their own notice when their wait times out,
-        and hear this at the next refusal.
-        """
-        self.refused = error
-        for subscriber in tuple(self._sse):
-            subscriber.send(REFUSED_COMMENT, 0)
-
-    def deliver(self, messages: list[bytes]) -> None:
-        # Snapshot the sets: a subscriber's send may detach it (a slow client cut off).
-        stats = self.stats
-        if self._sse:
-            data = encode_batch(messages)
-            targets = tuple(self._sse)
-            n = len(messages)
-            for subscriber in targets:
-                subscriber.send(data, n)
-            stats.frames_delivered += len(targets) * len(messages)
-            stats.bytes_delivered += len(targets) * len(data)
-        if self._raw:
-            data = encode_raw(messages)
-            if not data:
-                # Raw mode adds nothing to empty messages; an empty chunk would end the response.
-                return
-            targets = tuple(self._raw)
-            n = len(messages)
-            for subscriber in targets:
-                subscriber.send(data, n)
-            stats.frames_delivered += len(targets) * len(messages)
-            stats.bytes_delivered += len(targets) * len(data)
+#: How the hub gets the history of a server key (``None``: that server keeps none).
+HistoryFactory = Callable[[Hashable], "History | None"]
 
 
 class ChannelGroup:
-    """The channels of one server, and the transport that feeds them: the transport's sink.
+    """The channels of one server, the transport that feeds them (it reports here: the transport's
+    sink), and the server's history when it keeps one.
 
-    The transport reports to the group (``TransportSink``): ``connection_up``/``connection_down``,
-    ``subscribed`` when a subscription is confirmed, ``subscribe_failed`` when it is refused, and
-    ``deliver`` with the messages that arrived together.
+    Each channel is subscribed under two names: its own (plain ``PUBLISH``) and its envelope channel
+    (``publish.lua``'s events with ids). With a ``history``, the group also keeps every channel's ids
+    whole: when a channel is first confirmed it learns the newest id; after a reconnect, or when an
+    event's predecessor was never seen, it reads what was missed and delivers it before anything newer.
     """
 
     def __init__(
-        self, key: Hashable, make_transport: TransportFactory, stats: Stats, max_message_size: int
+        self,
+        key: Hashable,
+        make_transport: TransportFactory,
+        stats: Stats,
+        max_message_size: int,
+        history: History | None = None,
+        replay_limit: int = DEFAULT_REPLAY_LIMIT,
     ) -> None:
         self.key = key
         self.stats = stats
         self.max_message_size = max_message_size
+        self.history = history
+        self.replay_limit = replay_limit
         self.channels: dict[bytes, Channel] = {}
+        # Every transport name to its channel, and whether it is the envelope name.
+        self._names: dict[bytes, tuple[Channel, bool]] = {}
+        # The last replay turned into events and frames: resuming clients that shared one read (the
+        # history coalesces them) share this work too.
+        self._memo: tuple[object, list[Envelope], bytes] | None = None
         self.transport: Transport = make_transport(key, self)
 
     @property
@@ -154,12 +90,18 @@ class ChannelGroup:
         """How many of its channels the server refuses now."""
         return sum(1 for ch in self.channels.values() if ch.refused is not None)
 
-    def attach(self, channel: bytes, subscriber: Subscriber) -> Deferred[None]:
+    def attach(
+        self, channel: bytes, subscriber: Subscriber, resume: bool = False, position: EventId | None = None
+    ) -> Deferred[None]:
         ch = self.channels.get(channel)
         if ch is None:
-            ch = self.channels[channel] = Channel(channel, self.stats)
+            envelope = envelope_channel(channel)
+            ch = self.channels[channel] = Channel(channel, (channel, envelope), self.stats, self)
+            self._names[channel] = (ch, False)
+            self._names[envelope] = (ch, True)
             self.transport.subscribe(channel)
-        return ch.add(subscriber)
+            self.transport.subscribe(envelope)
+        return ch.add(subscriber, resume, position)
 
     def detach(self, channel: bytes, subscriber: Subscriber) -> None:
         ch = self.channels.get(channel)
@@ -168,7 +110,18 @@ class ChannelGroup:
         ch.remove(subscriber)
         if not len(ch):
             del self.channels[channel]
+            envelope = envelope_channel(channel)
+            self._names.pop(channel, None)
+            self._names.pop(envelope, None)
             self.transport.unsubscribe(channel)
+            self.transport.unsubscribe(envelope)
+
+    def stop(self) -> Deferred[None]:
+        """Close the transport and the history's connection."""
+        pending = [self.transport.stop()]
+        if self.history is not None:
+            pending.append(self.history.stop())
+        return gatherResults(pending, consumeErrors=True).addCallback(lambda _: None)
 
     # TransportSink: called by the transport.
 
@@ -178,35 +131,74 @@ class ChannelGroup:
     def connection_down(self) -> None:
         self.stats.redis_disconnects += 1
         # New subscribers wait for the resubscription to be confirmed; current ones stay attached and
-        # receive again as soon as the transport has resubscribed.
+        # receive again as soon as the transport has resubscribed (and the channel has caught up).
         for ch in self.channels.values():
-            ch.confirmed = False
+            ch.unconfirm()
 
     def subscribed(self, channel: bytes) -> None:
-        ch = self.channels.get(channel)
-        if ch is not None and not ch.confirmed:
-            ch.confirm()
+        found = self._names.get(channel)
+        if found is None:
+            return
+        ch = found[0]
+        again = ch.ever_confirmed
+        if ch.confirm(channel) and self.history is not None:
+            if again and ch.last_id is not None:
+                # Resubscribed after a reconnect: what was published meanwhile is in history.
+                ch.hold()
+                self._catch_up(ch)
+            elif ch.last_id is None:
+                self._learn_last_id(ch)
 
     def subscribe_failed(self, channel: bytes, error: str) -> None:
         self.stats.subscribe_refusals += 1
-        ch = self.channels.get(channel)
-        if ch is not None:
-            ch.refuse(error)
+        found = self._names.get(channel)
+        if found is not None:
+            found[0].refuse(error)
 
     def deliver(self, batch: Mapping[bytes, list[bytes]]) -> None:
-        channels = self.channels
+        names = self._names
         limit = self.max_message_size
         stats = self.stats
         for name, messages in batch.items():
             stats.messages_received += len(messages)
-            ch = channels.get(name)
-            if ch is None:
+            found = names.get(name)
+            if found is None:
                 continue
             if limit and any(len(m) > limit for m in messages):
                 messages = self._drop_oversize(name, messages)
                 if not messages:
                     continue
-            ch.deliver(messages)
+            ch, is_envelope = found
+            if is_envelope:
+                self._deliver_envelopes(ch, messages)
+            else:
+                ch.deliver(messages)
+
+    def _deliver_envelopes(self, ch: Channel, messages: list[bytes]) -> None:
+        events = []
+        for message in messages:
+            try:
+                events.append(decode_envelope(message))
+            except MalformedEnvelope as e:
+                self.stats.messages_malformed += 1
+                log.warn(
+                    "malformed event on {channel}: {why}; not delivered",
+                    channel=printable(ch.name),
+                    why=str(e),
+                )
+        if ch.holding:
+            ch.hold(events)
+            return
+        events = ch.fresh(events)
+        hole = ch.hole_at(events) if self.history is not None else None
+        if hole is None:
+            ch.deliver_events(events)
+            return
+        # An event whose predecessor this bridge never saw (it was not listening, or Redis dropped a
+        # message): read the missing ones before delivering anything newer.
+        ch.deliver_events(events[:hole])
+        ch.hold(events[hole:])
+        self._catch_up(ch)
 
     def _drop_oversize(self, name: bytes, messages: list[bytes]) -> list[bytes]:
         kept = []
@@ -214,14 +206,115 @@ class ChannelGroup:
             if len(m) > self.max_message_size:
                 self.stats.messages_oversize += 1
                 log.warn(
-                    "message of {size} bytes on {channel!r} is over the limit of {limit}; not delivered",
+                    "message of {size} bytes on {channel} is over the limit of {limit}; not delivered",
                     size=len(m),
-                    channel=name,
+                    channel=printable(name),
                     limit=self.max_message_size,
                 )
             else:
                 kept.append(m)
         return kept
+
+    # History.
+
+    def _learn_last_id(self, ch: Channel) -> None:
+        assert self.history is not None
+
+        def learned(last: EventId | None) -> None:
+            if ch.last_id is None:
+                ch.last_id = last
+
+        def failed(failure: Failure) -> None:
+            log.info(
+                "history of {channel} not read ({why}); ids resume from the next event",
+                channel=printable(ch.name),
+                why=failure.getErrorMessage(),
+            )
+
+        self.history.current_id(ch.name).addCallbacks(learned, failed)
+
+    def read_all(
+        self, channel: bytes, position: EventId
+    ) -> Deferred[tuple[list[Envelope], str | None, bytes]]:
+        """Every event after ``position`` that history holds, a page of ``replay_limit`` at a time, up to
+        ``MAX_REPLAY_PAGES`` pages (past them: a ``"truncated"`` gap): the events, the gap, their frame."""
+        assert self.history is not None
+        history = self.history
+        return Deferred.fromCoroutine(self._read_all(history, channel, position))
+
+    async def _read_all(
+        self, history: History, channel: bytes, position: EventId
+    ) -> tuple[list[Envelope], str | None, bytes]:
+        events: list[Envelope] = []
+        first_gap: str | None = None
+        for page in range(MAX_REPLAY_PAGES):
+            replay = await history.read_after(channel, position, self.replay_limit)
+            converted = self._convert(replay)
+            if page == 0 and replay.gap != "truncated":
+                first_gap = replay.gap
+            events.extend(converted[0])
+            if not replay.more or not converted[0]:
+                if page == 0:
+                    return converted[0], first_gap, converted[1]
+                return events, first_gap, frame_events(events)
+            position = events[-1].id
+        return events, first_gap or "truncated", frame_events(events)
+
+    def _convert(self, replay: Replay) -> tuple[list[Envelope], bytes]:
+        memo = self._memo
+        if memo is not None and memo[0] is replay:
+            return memo[1], memo[2]
+        events = [Envelope(e.id, None, e.event, e.retry, e.data) for e in replay.events]
+        frame = frame_events(events)
+        self._memo = (replay, events, frame)
+        return events, frame
+
+    def replay(self, channel: Channel, subscriber: Subscriber, position: EventId | None) -> None:
+        """Replayer: read history after ``position`` for one resuming subscriber."""
+        if position is None:
+            channel.replayed(subscriber, [], "unknown")
+            return
+        if self.history is None:
+            channel.replayed(subscriber, [], "unavailable")
+            return
+        d = self.read_all(channel.name, position)
+        d.addCallbacks(
+            lambda found: channel.replayed(subscriber, found[0], found[1], found[2]),
+            lambda failure: self._replay_failed(channel, subscriber, failure),
+        )
+
+    def _replay_failed(self, channel: Channel, subscriber: Subscriber, failure: Failure) -> None:
+        log.warn(
+            "history of {channel} not read for a resuming client ({why})",
+            channel=printable(channel.name),
+            why=failure.getErrorMessage(),
+        )
+        channel.replayed(subscriber, [], "unavailable")
+
+    def _catch_up(self, ch: Channel) -> None:
+        """Read what ``ch`` missed since its last id; deliver it, then what was held meanwhile."""
+        last = ch.last_id
+        if last is None or self.history is None:
+            ch.release([])
+            return
+        self.stats.catch_ups += 1
+
+        def found(result: tuple[list[Envelope], str | None, bytes]) -> None:
+            events, reason, _ = result
+            if reason is not None:
+                ch.send_gap(reason)
+            ch.release(events)
+
+        def failed(failure: Failure) -> None:
+            log.warn(
+                "catching {channel} up from history failed ({why}); its streams are told of a gap",
+                channel=printable(ch.name),
+                why=failure.getErrorMessage(),
+            )
+            ch.send_gap("unavailable")
+            ch.release([])
+
+        self.read_all(ch.name, last).addCallbacks(found, failed)
 
 
 class Hub:
@@ -232,10 +325,14 @@ class Hub:
         make_transport: TransportFactory,
         stats: Stats | None = None,
         max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
+        make_history: HistoryFactory | None = None,
+        replay_limit: int = DEFAULT_REPLAY_LIMIT,
     ) -> None:
         self._make_transport = make_transport
+        self._make_history = make_history
         self.stats = stats if stats is not None else Stats()
         self.max_message_size = max_message_size
+        self.replay_limit = replay_limit
         self.groups: dict[Hashable, ChannelGroup] = {}
         #: Servers opened with ``connect``: kept open without channels, and what readiness means.
         self.configured: set[Hashable] = set()
@@ -245,8 +342,9 @@ class Hub:
     def _group(self, server: Hashable) -> ChannelGroup:
         group = self.groups.get(server)
         if group is None:
+            history = self._make_history(server) if self._make_history is not None else None
             group = self.groups[server] = ChannelGroup(
-                server, self._make_transport, self.stats, self.max_message_size
+                server, self._make_transport, self.stats, self.max_message_size, history, self.replay_limit
             )
         return group
 
@@ -278,12 +376,22 @@ class Hub:
                 return f"Redis refuses {refused} subscription(s)"
         return None
 
-    def attach(self, server: Hashable, channel: bytes, subscriber: Subscriber) -> Deferred[None]:
+    def attach(
+        self,
+        server: Hashable,
+        channel: bytes,
+        subscriber: Subscriber,
+        resume: bool = False,
+        position: EventId | None = None,
+    ) -> Deferred[None]:
         """Add a subscriber; the Deferred fires once the channel's subscription is confirmed.
 
-        Cancelling the Deferred (the client left while waiting) withdraws the subscriber.
+        With ``resume`` (an SSE client that came back with a ``Last-Event-ID``), it first gets every
+        event after ``position`` that history holds (``None``: an id that could not be read, a gap),
+        then the live ones, none twice. Cancelling the Deferred (the client left while waiting)
+        withdraws the subscriber.
         """
-        return self._group(server).attach(channel, subscriber)
+        return self._group(server).attach(channel, subscriber, resume, position)
 
     def activate_early(self, server: Hashable, channel: bytes, subscriber: Subscriber) -> None:
         """Deliver to a subscriber still waiting for confirmation (its stream started without it)."""
@@ -305,7 +413,7 @@ class Hub:
             self._close(group)
 
     def _close(self, group: ChannelGroup) -> None:
-        d = group.transport.stop()
+        d = group.stop()
         self._closing.add(d)
 
         def done(result: None | Failure) -> None:
@@ -328,7 +436,7 @@ class Hub:
     def stop(self) -> Deferred[None]:
         """Stop every transport (and wait for those already closing)."""
         groups, self.groups = list(self.groups.values()), {}
-        pending: list[Deferred[Any]] = [g.transport.stop() for g in groups]
+        pending: list[Deferred[Any]] = [g.stop() for g in groups]
         pending.extend(self._closing)
         d = gatherResults(pending, consumeErrors=True)
         return d.addCallback(lambda _: None)

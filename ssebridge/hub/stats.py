@@ -21,6 +21,8 @@ class Stats:
         "redis_connects",
         "redis_disconnects",
         "subscribe_refusals",
+        "messages_malformed",
+        "catch_ups",
         "upstream_errors",
     )
 
@@ -37,6 +39,10 @@ class Stats:
         self.redis_disconnects = 0
         #: Error replies to SUBSCRIBE (NOAUTH, NOPERM...): each refusal, retries included.
         self.subscribe_refusals = 0
+        #: Messages on an envelope channel that are not envelopes (never delivered).
+        self.messages_malformed = 0
+        #: Reads of history to fill what a channel missed (a reconnect, or a hole in the ids).
+        self.catch_ups = 0
         self.upstream_errors = 0
 
     def as_dict(self) -> dict[str, int]:

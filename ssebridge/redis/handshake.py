@@ -1,5 +1,5 @@
-"""AUTH and SELECT on a new txredisapi connection, with a deadline: txredisapi's own ``connectionMade``,
-made to retry.
+"""Reaching a Redis server: its client endpoint (``endpoint_for``), and AUTH and SELECT on a new
+txredisapi connection with a deadline (``handshake``): txredisapi's own ``connectionMade``, made to retry.
 
 txredisapi stops reconnecting for good when AUTH or SELECT fails for any reason, a connection lost
 midway included, and waits for their answers without a deadline (a frozen Redis). Here a failure drops
@@ -12,9 +12,24 @@ from __future__ import annotations
 from typing import Any, cast
 
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.endpoints import HostnameEndpoint, UNIXClientEndpoint, wrapClientTLS
+from twisted.internet.interfaces import IReactorTime, IStreamClientEndpoint
+from twisted.internet.ssl import optionsForClientTLS
 
-__all__ = ["handshake"]
+from ssebridge.redis.address import RedisServer
+
+__all__ = ["endpoint_for", "handshake"]
+
+
+def endpoint_for(reactor: Any, server: RedisServer) -> IStreamClientEndpoint:
+    """The Twisted client endpoint that reaches ``server``."""
+    if server.kind == "unix":
+        return UNIXClientEndpoint(reactor, server.path)
+    endpoint: IStreamClientEndpoint = HostnameEndpoint(reactor, server.host, server.port)
+    if server.kind == "tls":
+        endpoint = wrapClientTLS(optionsForClientTLS(server.host), endpoint)
+    return endpoint
+
 
 
 async def handshake(protocol: Any, timeout: float, reactor: IReactorTime) -> Exception | None:

@@ -11,6 +11,7 @@ its call (``ssebridge.interfaces.History``).
 
 from __future__ import annotations
 
+from collections.abc import Callable, Hashable
 from typing import Any, cast
 
 import txredisapi
@@ -23,8 +24,7 @@ from twisted.python.failure import Failure
 from ssebridge.interfaces import History, HistoryUnavailable, Replay
 from ssebridge.publish.envelope import EventId, history_key
 from ssebridge.redis.address import RedisServer
-from ssebridge.redis.handshake import handshake
-from ssebridge.redis.pubsub import endpoint_for
+from ssebridge.redis.handshake import endpoint_for, handshake
 from ssebridge.redis.streams import READ_SCRIPT, READ_SHA, read_arguments, replay_from
 
 __all__ = ["DEFAULT_TIMEOUT", "HistoryUnavailable", "RedisHistory"]
@@ -331,3 +331,13 @@ class RedisHistory:
 
 def _conforms(history: RedisHistory) -> History:
     return history
+
+
+def redis_history_factory(reactor: IReactorTime | None = None) -> Callable[[Hashable], History | None]:
+    """A ``HistoryFactory`` for the hub: one ``RedisHistory`` per ``RedisServer`` key (it connects on its
+    first read)."""
+
+    def make(key: Hashable) -> History | None:
+        return RedisHistory(key, reactor) if isinstance(key, RedisServer) else None
+
+    return make

@@ -20,10 +20,8 @@ from typing import Any, cast
 
 import txredisapi
 from twisted.internet.defer import Deferred, succeed
-from twisted.internet.endpoints import HostnameEndpoint, UNIXClientEndpoint, wrapClientTLS
 from twisted.internet.error import ConnectionDone
-from twisted.internet.interfaces import IReactorTime, IStreamClientEndpoint
-from twisted.internet.ssl import optionsForClientTLS
+from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -32,7 +30,8 @@ from ssebridge.hub.channels import Hub
 from ssebridge.interfaces import Transport, TransportFactory, TransportSink
 from ssebridge.redis.address import RedisServer
 from ssebridge.redis.closes import CloseDiagnosis, pubsub_limit
-from ssebridge.redis.handshake import handshake
+from ssebridge.redis.handshake import endpoint_for, handshake
+from ssebridge.redis.history import redis_history_factory
 from ssebridge.redis.replies import ReplyLoop
 from ssebridge.redis.retries import SubscribeRetries
 
@@ -43,15 +42,6 @@ DEFAULT_HEALTH_INTERVAL = 1.0
 DEFAULT_HEALTH_TIMEOUT = 3.0
 
 
-
-def endpoint_for(reactor: Any, server: RedisServer) -> IStreamClientEndpoint:
-    """The Twisted client endpoint that reaches ``server``."""
-    if server.kind == "unix":
-        return UNIXClientEndpoint(reactor, server.path)
-    endpoint: IStreamClientEndpoint = HostnameEndpoint(reactor, server.host, server.port)
-    if server.kind == "tls":
-        endpoint = wrapClientTLS(optionsForClientTLS(server.host), endpoint)
-    return endpoint
 
 
 class _SubscriberProtocol(txredisapi.SubscriberProtocol):  # type: ignore[misc]
@@ -374,7 +364,9 @@ def redis_transport_factory(reactor: IReactorTime | None = None) -> TransportFac
 
 
 def redis_hub(reactor: IReactorTime | None = None, **options: Any) -> Hub:
-    """A ``Hub`` fed by Redis pub/sub: the usual way to make one when mounting streams yourself."""
+    """A ``Hub`` fed by Redis pub/sub, with each server's history (Redis Streams) for resuming clients:
+    the usual way to make one when mounting streams yourself."""
+    options.setdefault("make_history", redis_history_factory(reactor))
     return Hub(redis_transport_factory(reactor), **options)
 
 

@@ -22,6 +22,7 @@ from ssebridge.http.admission import bridge_body_policy, no_bodies
 from ssebridge.http.router import Bridge
 from ssebridge.http.site import BridgeSite, default_max_connections
 from ssebridge.hub.channels import Hub
+from ssebridge.redis.history import redis_history_factory
 from ssebridge.redis.pubsub import redis_transport_factory
 from ssebridge.runtime.lifecycle import StartError, default_max_streams, raise_fd_limit, stop_and_exit
 from ssebridge.runtime.listeners import adopt_listeners, listen, per_worker_endpoint
@@ -47,7 +48,11 @@ class BridgeService(MultiService):
             reactor = default_reactor
         self.config = config
         self.reactor = reactor
-        self.hub = Hub(redis_transport_factory(reactor), max_message_size=config.max_message_size)
+        self.hub = Hub(
+            redis_transport_factory(reactor),
+            max_message_size=config.max_message_size,
+            make_history=redis_history_factory(reactor),
+        )
         # Loading a WSGI app runs its code: a broken one fails here, before anything listens.
         self.upstream = build_upstream(config, reactor)
         self.bridge = Bridge(

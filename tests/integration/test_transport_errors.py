@@ -99,7 +99,9 @@ async def test_an_acl_refusing_a_channel_is_logged_counted_told_and_retried(
     # Redis closes the subscriber whose channels the ACL no longer grants; the bridge reconnects and
     # its SUBSCRIBE news is answered with NOPERM.
     start = time.monotonic()
-    redis.command("ACL", "SETUSER", "default", "resetchannels", "&allowed*")
+    # A channel is subscribed under two names, its own and its events' (``ssebridge:{allowed-1}:e``):
+    # an ACL grants a channel by granting both.
+    redis.command("ACL", "SETUSER", "default", "resetchannels", "&allowed*", "&ssebridge:{allowed*")
     await until(lambda: hub.refused_count() == 1, what="refusal noticed")
     refused_after = time.monotonic() - start
     code, text = await bridge.get("/readyz")

@@ -9,6 +9,7 @@ from twisted.internet.defer import Deferred, succeed
 
 from ssebridge.hub.channels import REFUSED_COMMENT, ChannelGroup, Hub
 from ssebridge.interfaces import TransportSink
+from ssebridge.publish.envelope import EventId, envelope_channel
 
 
 class FakeTransport:
@@ -40,6 +41,8 @@ class FakeTransport:
 class FakeSubscriber:
     def __init__(self, mode: str = "sse") -> None:
         self.mode = mode
+        self.positions: dict[bytes, EventId | None] | None = None
+        self.name_events = False
         self.received: list[tuple[bytes, int]] = []
 
     def send(self, data: bytes, count: int = 1) -> None:
@@ -60,20 +63,26 @@ def group(hub: Hub, key: Hashable) -> ChannelGroup:
     return hub.groups[key]
 
 
+def confirm(sink: ChannelGroup, channel: bytes) -> None:
+    """The server confirms both names a channel is subscribed under (plain, and its events')."""
+    sink.subscribed(channel)
+    sink.subscribed(envelope_channel(channel))
+
+
 def test_one_subscription_per_channel_released_by_the_last_subscriber() -> None:
     hub, made = make_hub()
     hub.connect("a")
     first, second = FakeSubscriber(), FakeSubscriber()
     d1 = hub.attach("a", b"news", first)
     d2 = hub.attach("a", b"news", second)
-    assert made["a"].subscribed == [b"news"]
+    assert made["a"].subscribed == [b"news", envelope_channel(b"news")]
     assert not d1.called and not d2.called
-    group(hub, "a").subscribed(b"news")
+    confirm(group(hub, "a"), b"news")
     assert d1.called and d2.called
     hub.detach("a", b"news", first)
     assert made["a"].unsubscribed == []
     hub.detach("a", b"news", second)
-    assert made["a"].unsubscribed == [b"news"]
+    assert made["a"].unsubscribed == [b"news", envelope_channel(b"news")]
     # A configured server stays open with no channel.
     assert "a" in hub.groups and not made["a"].stopped
 
@@ -83,7 +92,7 @@ def test_a_batch_is_framed_once_and_oversize_messages_dropped() -> None:
     sse, raw = FakeSubscriber(), FakeSubscriber("sseraw")
     hub.attach("a", b"c", sse)
     hub.attach("a", b"c", raw)
-    group(hub, "a").subscribed(b"c")
+    confirm(group(hub, "a"), b"c")
     group(hub, "a").deliver({b"c": [b"one", b"x" * 11, b"two"], b"other": [b"y"]})
     assert sse.received == [(b"data: one\n\ndata: two\n\n", 2)]
     assert raw.received == [(b"onetwo", 2)]
@@ -99,7 +108,7 @@ def test_a_refused_subscription_is_counted_told_and_makes_the_node_unready() -> 
     sink = group(hub, "a")
     hub.attach("a", b"c", sse)
     hub.attach("a", b"c", raw)
-    sink.subscribed(b"c")
+    confirm(sink, b"c")
     assert hub.not_ready() is None
     sink.connection_down()
     sink.connection_up()
@@ -113,10 +122,10 @@ def test_a_refused_subscription_is_counted_told_and_makes_the_node_unready() -> 
     assert sse.received == [(REFUSED_COMMENT, 0)]
     assert REFUSED_COMMENT == b": subscription refused by the message server, retrying\n\n"
     assert raw.received == [] and waiting.received == [] and not pending.called
-    sink.subscribed(b"c")
+    confirm(sink, b"c")
     assert pending.called
     assert hub.not_ready() is None and hub.refused_count() == 0
-    assert made["a"].subscribed == [b"c"]
+    assert made["a"].subscribed == [b"c", envelope_channel(b"c")]
 
 
 def test_readiness_reads_transport_connected_for_configured_servers_only() -> None:
@@ -155,7 +164,7 @@ def test_a_waiting_subscriber_that_leaves_is_withdrawn() -> None:
     d = hub.attach("s", b"c", subscriber)
     d.cancel()
     hub.detach("s", b"c", subscriber)
-    assert made["s"].unsubscribed == [b"c"] and made["s"].stopped
+    assert made["s"].unsubscribed == [b"c", envelope_channel(b"c")] and made["s"].stopped
     assert hub.subscriber_count() == 0
 
 
@@ -164,7 +173,7 @@ def test_reconnect_unconfirms_until_resubscribed() -> None:
     early = FakeSubscriber()
     hub.attach("a", b"c", early)
     sink = group(hub, "a")
-    sink.subscribed(b"c")
+    confirm(sink, b"c")
     sink.connection_down()
     assert hub.stats.redis_disconnects == 1
     late = FakeSubscriber()
@@ -173,5 +182,5 @@ def test_reconnect_unconfirms_until_resubscribed() -> None:
     # The current subscriber stays attached and receives as soon as messages flow again.
     sink.deliver({b"c": [b"m"]})
     assert early.received == [(b"data: m\n\n", 1)] and late.received == []
-    sink.subscribed(b"c")
+    confirm(sink, b"c")
     assert d.called

@@ -1,0 +1,368 @@
+"""One subscribed channel: its subscribers, their frames, and where the channel's ids stand.
+
+A channel carries two kinds of messages: plain ones (``PUBLISH CHANNEL bytes``, framed as ``data:``
+lines with no id, exactly as always) and events with ids (``publish.lua``'s envelopes on
+``ssebridge:{CHANNEL}:e``, framed with ``id:``, ``event:`` and ``retry:``).
+
+Subscribers come in three sets, so that the common case stays one shared frame for every client:
+
+- ``_sse``: SSE streams of this one channel, with no naming: every client gets the same bytes;
+- ``_raw``: ``sseraw`` streams: the messages' bytes (an event's data), untouched;
+- ``_mux``: SSE streams of several channels (their ``id:`` is a composite of their positions, so it
+  is theirs alone) or that name events after their channel: the data lines are framed once, the
+  ``id:`` and ``event:`` lines per client.
+
+A subscriber that resumes (it came with a ``Last-Event-ID``) is in ``_replaying`` while its history is
+read: what arrives live meanwhile is held for it, and after the replay it gets the held items without
+the events the replay already gave it, then joins its live set. The channel as a whole does the same
+(``_held``) while it catches up after a reconnect or a hole in the ids. The reads themselves are the
+group's (``ssebridge.hub.channels``), which owns the history.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol
+
+from twisted.internet.defer import Deferred, succeed
+
+from ssebridge.frames import (
+    comment,
+    encode_batch,
+    encode_data,
+    encode_raw,
+    event_head,
+    gap,
+    id_line,
+)
+from ssebridge.hub.stats import Stats
+from ssebridge.interfaces import Subscriber
+from ssebridge.publish.envelope import Envelope, EventId, format_id, format_position
+
+__all__ = ["REFUSED_COMMENT", "Channel", "Replayer", "frame_events"]
+
+#: What an SSE subscriber is told while the server refuses its channel's subscription.
+REFUSED_COMMENT = comment(b"subscription refused by the message server, retrying")
+
+#: What is held for a replaying subscriber: plain messages (``"m"``) or events (``"e"``), in order.
+_Held = tuple[str, Sequence[bytes] | Sequence[Envelope]]
+
+
+class Replayer(Protocol):
+    """What a channel asks of its group: read history for one resuming subscriber."""
+
+    def replay(self, channel: Channel, subscriber: Subscriber, position: EventId | None) -> None: ...
+
+
+def frame_events(events: Sequence[Envelope]) -> bytes:
+    """Events with their own ids, framed once for every single-channel SSE client."""
+    return b"".join(
+        [
+            event_head(e.event, e.retry) + id_line(format_id(e.id).encode()) + encode_data(e.data)
+            for e in events
+        ]
+    )
+
+
+class Channel:
+    """One subscribed channel (see the module's docstring)."""
+
+    __slots__ = (
+        "name",
+        "confirmed",
+        "ever_confirmed",
+        "refused",
+        "stats",
+        "last_id",
+        "replayer",
+        "_unconfirmed",
+        "_names",
+        "_sse",
+        "_raw",
+        "_mux",
+        "_waiting",
+        "_resume",
+        "_replaying",
+        "_held",
+    )
+
+    def __init__(self, name: bytes, names: tuple[bytes, ...], stats: Stats, replayer: Replayer) -> None:
+        self.name = name
+        self.stats = stats
+        self.replayer = replayer
+        self.confirmed = False
+        #: Whether it was ever confirmed: a confirmation after that follows a reconnect.
+        self.ever_confirmed = False
+        #: The server's error while it refuses the subscription, else ``None``.
+        self.refused: str | None = None
+        #: The newest id delivered live (or that history held when the channel was subscribed).
+        self.last_id: EventId | None = None
+        # The transport names it is subscribed under (the plain and the envelope channel): confirmed
+        # once every one of them is.
+        self._names = names
+        self._unconfirmed = set(names)
+        self._sse: set[Subscriber] = set()
+        self._raw: set[Subscriber] = set()
+        self._mux: set[Subscriber] = set()
+        self._waiting: dict[Subscriber, Deferred[None]] = {}
+        self._resume: dict[Subscriber, EventId | None] = {}
+        self._replaying: dict[Subscriber, list[_Held]] = {}
+        #: Events that arrived live while the channel catches up from history, else ``None``.
+        self._held: list[Envelope] | None = None
+
+    def __len__(self) -> int:
+        return len(self._sse) + len(self._raw) + len(self._mux) + len(self._waiting) + len(self._replaying)
+
+    def _live_set(self, subscriber: Subscriber) -> set[Subscriber]:
+        if subscriber.mode == "sseraw":
+            return self._raw
+        if subscriber.positions is not None or subscriber.name_events:
+            return self._mux
+        return self._sse
+
+    # Subscribers.
+
+    def add(
+        self, subscriber: Subscriber, resume: bool = False, position: EventId | None = None
+    ) -> Deferred[None]:
+        """Add ``subscriber``; the Deferred fires once the subscription is confirmed.
+
+        With ``resume``, the subscriber first gets what history holds after ``position`` (``None``: an
+        id that could not be read, reported as a gap).
+        """
+        if resume and subscriber.mode == "sse":
+            self._resume[subscriber] = position
+        if self.confirmed:
+            self._activate(subscriber)
+            return succeed(None)
+
+        def withdraw(_: Deferred[None]) -> None:
+            self._waiting.pop(subscriber, None)
+            self._resume.pop(subscriber, None)
+
+        d: Deferred[None] = Deferred(withdraw)
+        self._waiting[subscriber] = d
+        return d
+
+    def _activate(self, subscriber: Subscriber) -> None:
+        if subscriber in self._resume:
+            self._replaying[subscriber] = []
+            self.replayer.replay(self, subscriber, self._resume.pop(subscriber))
+        else:
+            self._live_set(subscriber).add(subscriber)
+
+    def activate_early(self, subscriber: Subscriber) -> None:
+        """Let a waiting subscriber receive messages before confirmation (its stream has started).
+
+        The server is not answering, so neither is its history: a subscriber that asked to resume is
+        told of a gap instead.
+        """
+        if self._waiting.pop(subscriber, None) is not None:
+            if self._resume.pop(subscriber, False) is not False:
+                subscriber.send(gap([self.name], "unavailable"), 0)
+            self._live_set(subscriber).add(subscriber)
+
+    def remove(self, subscriber: Subscriber) -> None:
+        self._sse.discard(subscriber)
+        self._raw.discard(subscriber)
+        self._mux.discard(subscriber)
+        self._resume.pop(subscriber, None)
+        self._replaying.pop(subscriber, None)
+        waiting = self._waiting.pop(subscriber, None)
+        if waiting is not None and not waiting.called:
+            waiting.cancel()
+
+    # The subscription.
+
+    def confirm(self, name: bytes) -> bool:
+        """The server confirmed ``name``; returns whether the channel just became confirmed."""
+        self._unconfirmed.discard(name)
+        if self._unconfirmed or self.confirmed:
+            return False
+        self.confirmed = True
+        self.ever_confirmed = True
+        self.refused = None
+        waiting, self._waiting = self._waiting, {}
+        # Activate before the callbacks: a callback may close its stream at once (a HEAD request),
+        # and its removal must find it where it was put.
+        for subscriber in waiting:
+            self._activate(subscriber)
+        for d in waiting.values():
+            d.callback(None)
+        return True
+
+    def unconfirm(self) -> None:
+        """The connection was lost: every name must be confirmed again."""
+        self.confirmed = False
+        self._unconfirmed = set(self._names)
+
+    def refuse(self, error: str) -> None:
+        """The server refused the subscription: say so to every started SSE subscriber.
+
+        Raw subscribers are told nothing: their bytes belong to the publisher's own framing. Waiting
+        subscribers have no response yet; they start with their own notice when their wait times out,
+        and hear this at the next refusal.
+        """
+        self.refused = error
+        for subscriber in (*self._sse, *self._mux):
+            subscriber.send(REFUSED_COMMENT, 0)
+
+    # Delivery.
+
+    def deliver(self, messages: list[bytes]) -> None:
+        """Plain messages (no ids): one shared frame per mode."""
+        stats = self.stats
+        n = len(messages)
+        for held in self._replaying.values():
+            held.append(("m", messages))
+        # Snapshot the sets: a subscriber's send may detach it (a slow client cut off).
+        if self._sse or self._mux:
+            data = encode_batch(messages)
+            targets = (*self._sse, *(s for s in self._mux if not s.name_events))
+            for subscriber in targets:
+                subscriber.send(data, n)
+            named = [s for s in self._mux if s.name_events]
+            if named:
+                head = event_head(self.name)
+                data_named = b"".join([head + encode_data(m) for m in messages])
+                for subscriber in named:
+                    subscriber.send(data_named, n)
+                targets = (*targets, *named)
+            stats.frames_delivered += len(targets) * n
+            stats.bytes_delivered += len(targets) * len(data)
+        if self._raw:
+            raw = encode_raw(messages)
+            if not raw:
+                # Raw mode adds nothing to empty messages; an empty chunk would end the response.
+                return
+            raw_targets = tuple(self._raw)
+            for subscriber in raw_targets:
+                subscriber.send(raw, n)
+            stats.frames_delivered += len(raw_targets) * n
+            stats.bytes_delivered += len(raw_targets) * len(raw)
+
+    def fresh(self, events: Sequence[Envelope]) -> list[Envelope]:
+        """``events`` without those already delivered (a live event the catch-up also read)."""
+        last = self.last_id
+        return list(events) if last is None else [e for e in events if e.id > last]
+
+    def hole_at(self, events: Sequence[Envelope]) -> int | None:
+        """The index of the first event whose predecessor in history was never delivered, if any."""
+        last = self.last_id
+        for i, e in enumerate(events):
+            if last is not None and e.previous is not None and e.previous > last:
+                return i
+            last = e.id
+        return None
+
+    def deliver_events(self, events: Sequence[Envelope]) -> None:
+        """Events with ids, in id order, none delivered before (``fresh``)."""
+        if not events:
+            return
+        self.last_id = events[-1].id
+        for held in self._replaying.values():
+            held.append(("e", events))
+        stats = self.stats
+        n = len(events)
+        if self._sse:
+            data = frame_events(events)
+            targets = tuple(self._sse)
+            for subscriber in targets:
+                subscriber.send(data, n)
+            stats.frames_delivered += len(targets) * n
+            stats.bytes_delivered += len(targets) * len(data)
+        for subscriber in tuple(self._mux):
+            self.send_events(subscriber, events)
+        if self._raw:
+            raw = encode_raw([e.data for e in events])
+            if raw:
+                for subscriber in tuple(self._raw):
+                    subscriber.send(raw, n)
+                stats.frames_delivered += len(self._raw) * n
+
+    def send_events(self, subscriber: Subscriber, events: Sequence[Envelope]) -> None:
+        """Events to one subscriber that has its own ``id:`` (several channels) or names events."""
+        positions = subscriber.positions
+        parts = []
+        for e in events:
+            event = e.event or (self.name if subscriber.name_events else b"")
+            if positions is not None:
+                positions[self.name] = e.id
+                ident = format_position(positions).encode()
+            else:
+                ident = format_id(e.id).encode()
+            parts.append(event_head(event, e.retry) + id_line(ident) + encode_data(e.data))
+        data = b"".join(parts)
+        subscriber.send(data, len(events))
+        self.stats.frames_delivered += len(events)
+        self.stats.bytes_delivered += len(data)
+
+    def send_gap(self, reason: str, subscribers: Sequence[Subscriber] | None = None) -> None:
+        """Tell SSE subscribers (all of them, or those given) that events were missed."""
+        frame = gap([self.name], reason)
+        for subscriber in subscribers if subscribers is not None else (*self._sse, *self._mux):
+            subscriber.send(frame, 0)
+
+    # Catching up (the group reads; the channel holds and releases).
+
+    def hold(self, events: Sequence[Envelope] = ()) -> None:
+        """Hold live events from now on (a catch-up read is under way)."""
+        if self._held is None:
+            self._held = list(events)
+        else:
+            self._held.extend(events)
+
+    @property
+    def holding(self) -> bool:
+        return self._held is not None
+
+    def release(self, replayed: Sequence[Envelope]) -> None:
+        """The catch-up read answered: deliver what it found, then what was held, once each."""
+        held, self._held = self._held or [], None
+        self.deliver_events(self.fresh(replayed))
+        self.deliver_events(self.fresh(held))
+
+    def replayed(
+        self,
+        subscriber: Subscriber,
+        events: Sequence[Envelope],
+        gap_reason: str | None,
+        frame: bytes | None = None,
+    ) -> None:
+        """A resuming subscriber's history arrived: the gap notice, the events, what was held, then live.
+
+        ``frame`` is ``frame_events(events)`` when the caller has it already: every single-channel
+        client resuming from the same read shares it.
+        """
+        held = self._replaying.pop(subscriber, None)
+        if held is None:
+            return  # it left meanwhile
+        if gap_reason is not None:
+            self.send_gap(gap_reason, [subscriber])
+        last = events[-1].id if events else None
+        if events:
+            self._send_one(subscriber, events, frame)
+        for kind, items in held:
+            if kind == "m":
+                self._send_plain_one(subscriber, items)  # type: ignore[arg-type]
+                continue
+            newer = [e for e in items if last is None or e.id > last]  # type: ignore[union-attr]
+            if newer:
+                self._send_one(subscriber, newer)  # type: ignore[arg-type]
+                last = newer[-1].id  # type: ignore[union-attr]
+        self._live_set(subscriber).add(subscriber)
+
+    def _send_one(
+        self, subscriber: Subscriber, events: Sequence[Envelope], frame: bytes | None = None
+    ) -> None:
+        if subscriber.positions is not None or subscriber.name_events:
+            self.send_events(subscriber, events)
+        else:
+            data = frame if frame is not None else frame_events(events)
+            subscriber.send(data, len(events))
+            self.stats.frames_delivered += len(events)
+            self.stats.bytes_delivered += len(data)
+
+    def _send_plain_one(self, subscriber: Subscriber, messages: Sequence[bytes]) -> None:
+        head = event_head(self.name) if subscriber.name_events else b""
+        subscriber.send(b"".join([head + encode_data(m) for m in messages]), len(messages))
