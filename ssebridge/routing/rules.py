@@ -30,6 +30,7 @@ from typing import Literal, get_args
 
 from ssebridge.redis.address import RedisServer, parse_server
 from ssebridge.routing.actions import Action, Mode, action_text, offload_action, parse_action
+from ssebridge.routing.channels import Resolved, check_channel, check_pattern, subscriptions
 from ssebridge.routing.conditions import CONDITIONS, Condition, parse_condition
 from ssebridge.routing.errors import RefusedChannel, RuleError
 from ssebridge.routing.limits import MAX_CHANNEL_LENGTH, MAX_CHANNELS
@@ -201,66 +202,6 @@ def _usage(kind: str) -> str:
 # Resolution.
 
 
-@dataclass(frozen=True)
-class Resolved:
-    """What a matching rule resolved to for one request: ready for the hub.
-
-    ``channel`` is the first channel (``b""`` when the route names patterns only), ``more_channels``
-    the others and ``patterns`` the Redis glob patterns, each already checked, none twice;
-    ``channels`` is every channel in order. ``name_events``: events the publisher gave no name are
-    named after their channel.
-    """
-
-    mode: Mode
-    channel: bytes
-    server: RedisServer
-    buffer_size: int | None
-    more_channels: tuple[bytes, ...] = ()
-    patterns: tuple[bytes, ...] = ()
-    name_events: bool = False
-
-    @property
-    def channels(self) -> tuple[bytes, ...]:
-        """The first channel and the others, in order, without empties or repeats."""
-        if not self.more_channels:
-            return (self.channel,) if self.channel else ()
-        return tuple(dict.fromkeys(c for c in (self.channel, *self.more_channels) if c))
-
-
-def _check_name(what: str, text: str, allow: re.Pattern[str] | None) -> bytes:
-    if not text:
-        raise RefusedChannel(f"empty {what}")
-    for char, name in (("\r", "CR"), ("\n", "LF"), ("\x00", "NUL")):
-        if char in text:
-            raise RefusedChannel(f"{what} contains {name}")
-    try:
-        data = text.encode("utf-8")
-    except UnicodeEncodeError:
-        # Lone surrogates: bytes that were not UTF-8 on the wire (ssebridge.routing.wire).
-        raise RefusedChannel(f"{what} is not valid Unicode (not UTF-8 on the wire)") from None
-    if len(data) > MAX_CHANNEL_LENGTH:
-        raise RefusedChannel(f"{what} is longer than {MAX_CHANNEL_LENGTH} bytes ({len(data)})")
-    if allow is not None and allow.fullmatch(text) is None:
-        raise RefusedChannel(f"{what} not allowed by the rule's allow pattern")
-    return data
-
-
-def check_channel(channel: str, allow: re.Pattern[str] | None = None) -> bytes:
-    """The channel as the bytes to subscribe to; raise ``RefusedChannel`` when it must not be.
-
-    CR, LF and NUL are refused although Redis bulk strings could carry them: they would let a channel
-    name forge log lines and protocol text wherever it is echoed. Other bytes (spaces, any Unicode)
-    are ordinary channel names.
-    """
-    return _check_name("channel", channel, allow)
-
-
-def check_pattern(pattern: str, allow: re.Pattern[str] | None = None) -> bytes:
-    """A Redis glob pattern as the bytes to ``PSUBSCRIBE``; refused as ``check_channel`` refuses a
-    channel (empty, CR/LF/NUL, not UTF-8, too long, or not matching ``allow`` in full)."""
-    return _check_name("pattern", pattern, allow)
-
-
 def declared_servers(default_server: RedisServer, rules: Iterable[Rule] = ()) -> frozenset[RedisServer]:
     """The servers the config declares: the default (the ``redis`` setting) and every literal
     ``server=`` of the rules. A server that comes from the request must be one of them."""
@@ -292,23 +233,6 @@ def _declared(server: RedisServer, servers: Collection[RedisServer]) -> RedisSer
     raise RefusedChannel(f"server {server.describe()} is not one the configuration declares")
 
 
-def _subscriptions(
-    action: Action, context: _Context, allow: re.Pattern[str] | None, max_channels: int
-) -> tuple[list[bytes], list[bytes]]:
-    """The action's channels and patterns for one request, checked, each once, in order."""
-    templates = [action._channel, *action._more]
-    if not action._channel.text and (action._more or action._patterns):
-        # No first channel written: a patterns-only (or built-in-code) action, not an empty name.
-        templates = templates[1:]
-    channels = list(dict.fromkeys(check_channel(context.render(t), allow) for t in templates))
-    patterns = list(
-        dict.fromkeys(check_pattern(context.render(t, glob_escape), allow) for t in action._patterns)
-    )
-    if len(channels) + len(patterns) > max_channels:
-        raise RefusedChannel(f"more than {max_channels} channels")
-    return channels, patterns
-
-
 def _resolve(
     action: Action,
     context: _Context,
@@ -324,7 +248,7 @@ def _resolve(
             raise RefusedChannel(f"more than {max_channels} channels")
         patterns: list[bytes] = []
     else:
-        channels, patterns = _subscriptions(action, context, allow, max_channels)
+        channels, patterns = subscriptions(action, context, allow, max_channels)
     server = default_server
     if action._fixed_server is not None:
         server = action._fixed_server
