@@ -43,7 +43,11 @@ def bridge_body_policy(bridge: Bridge) -> BodyPolicy:
         if bridge.fixed and variables["PATH_INFO"] in bridge.fixed:
             return (413, _NO_READER)
         try:
-            if resolve_request(bridge.rules, variables, bridge.default_server) is not None:
+            cap = bridge.max_channels
+            resolved = resolve_request(
+                bridge.rules, variables, bridge.default_server, bridge.servers, max_channels=cap
+            )
+            if resolved is not None:
                 return (413, _NO_READER)
         except RefusedChannel:
             return (400, "Bad request: refused channel")

@@ -288,7 +288,7 @@ class Bridge:
         return None
 
     def start_stream(self, request: Request, resolved: Resolved, status: int = 200) -> Stream:
-        """Attach ``request`` to the hub as a stream on ``resolved``'s channel."""
+        """Attach ``request`` to the hub as a stream on ``resolved``'s channels."""
         client_buffer = self.client_buffer
         if resolved.buffer_size is not None:
             client_buffer = max(client_buffer, resolved.buffer_size)
@@ -301,6 +301,8 @@ class Bridge:
             client_buffer,
             on_close=self._stream_closed,
             status=status,
+            more_channels=resolved.channels[1:],
+            name_events=resolved.name_events,
         )
         self.streams.add(stream)
         attach_stream(stream, request, self.hub, resolved.server, self.confirm_timeout, self.reactor)
@@ -378,7 +380,9 @@ class Bridge:
         if fixed is not None:
             return fixed
         try:
-            resolved = resolve_request(self.rules, variables, self.default_server, self.servers)
+            resolved = resolve_request(
+                self.rules, variables, self.default_server, self.servers, max_channels=self.max_channels
+            )
         except RefusedChannel as e:
             log.info("refused channel for {path!r}: {why}", path=variables["PATH_INFO"], why=str(e))
             return _Text(400, f"Bad request: {e}")
