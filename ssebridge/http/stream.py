@@ -94,6 +94,7 @@ class Stream:
         "_on_close",
         "_status",
         "_direct",
+        "_sender",
         "_peer",
         "opened_at",
         "frames",
@@ -125,14 +126,16 @@ class Stream:
         )
         self.name_events = name_events
         # Sends before ``start``, unframed (whether the response is chunked is known at ``start``).
-        self._early: list[bytes] = []
+        self._early: list[bytes] | None = None
         self._transport: Any = None
         self._chunked = False
         self._paused = False
         # Payloads (chunk-framed when chunked) not yet handed to the transport, oldest first. Shared
         # frames are queued as they are, or as a memoryview of their unsent rest: never a copy per
-        # client. ``_queued`` counts their bytes: what the client's buffer bound applies to.
-        self._queue: deque[bytes | memoryview] = deque()
+        # client. ``_queued`` counts their bytes: what the client's buffer bound applies to. Made
+        # when first needed and dropped when empty: most clients never need one, and an empty deque
+        # costs more than the rest of a stream.
+        self._queue: deque[bytes | memoryview] | None = None
         self._queued = 0
         self._client_buffer = client_buffer
         self._closed = False
@@ -140,6 +143,9 @@ class Stream:
         self._on_close = on_close
         self._status = status
         #: Sends straight to a taken-over connection's socket (``takeover.direct_sender``), else None.
+        self._sender: Callable[[bytes], int] | None = None
+        #: ``_sender`` while the fast path is open (started, not paused, nothing queued), else None:
+        #: the one test ``send`` makes on the hot path.
         self._direct: Callable[[bytes], int] | None = None
         client = request.getClientAddress()
         self._peer: str = getattr(client, "host", None) or str(client)
@@ -199,12 +205,11 @@ class Stream:
         else:
             self._transport = taken
             self._request = None
-            self._direct = direct_sender(taken)
-        if self._early:
-            early, self._early = self._early, []
-            for data in early:
-                self._enqueue(_chunk(data) if self._chunked else data)
-            self._drain()
+            self._sender = direct_sender(taken)
+        early, self._early = self._early, None
+        for data in early or ():
+            self._enqueue(_chunk(data) if self._chunked else data)
+        self._drain()
 
     # IProtocol, after a take-over: the client is not expected to send anything more.
 
@@ -222,33 +227,42 @@ class Stream:
 
         Counted once here, however it leaves: straight to the socket, or queued behind what is.
         """
-        if self._closed:
-            return
-        self.frames += count
-        self.bytes += len(data)
-        if not self._started:
-            self._early.append(data)
-            return
-        payload = _chunk(data) if self._chunked else data
         direct = self._direct
-        if direct is not None and not self._paused and not self._queue:
+        if direct is not None:
             # The hot path: nothing queued, so the kernel's buffer almost always takes it all now.
+            payload = _chunk(data) if self._chunked else data
+            self.frames += count
+            self.bytes += len(data)
             sent = direct(payload)
             if sent == len(payload) or sent == GONE:
                 return  # a gone peer is reported by the reactor (connectionLost) next turn
             self._enqueue(memoryview(payload)[sent:] if sent else payload)
         else:
-            self._enqueue(payload)
+            if self._closed:
+                return
+            self.frames += count
+            self.bytes += len(data)
+            if not self._started:
+                if self._early is None:
+                    self._early = []
+                self._early.append(data)
+                return
+            self._enqueue(_chunk(data) if self._chunked else data)
         self._drain()
         if self._queued > self._client_buffer:
             self.close(SLOW_CLIENT, abort=True)
 
     def _enqueue(self, payload: bytes | memoryview) -> None:
-        self._queue.append(payload)
+        queue = self._queue
+        if queue is None:
+            queue = self._queue = deque()
+        queue.append(payload)
         self._queued += len(payload)
+        self._direct = None
 
     def _drain(self) -> None:
-        """Hand queued bytes to the transport a bounded piece at a time, until it asks us to pause.
+        """Hand queued bytes to the transport a bounded piece at a time, until it asks us to pause;
+        reopen the fast path once nothing is left.
 
         Twisted copies what it is given into a buffer of its own for each connection; pieces of at
         most ``PIECE`` bytes keep that copy small however large a shared frame is.
@@ -265,6 +279,10 @@ class Stream:
             self._queued -= len(piece)
             # May call pauseProducing before it returns.
             transport.write(bytes(piece) if isinstance(piece, memoryview) else piece)
+        if not queue:
+            self._queue = None
+            if not self._paused and not self._closed and self._started:
+                self._direct = self._sender
 
     def _set_stream_headers(self, request: Request) -> None:
         request.setResponseCode(self._status)
@@ -283,6 +301,7 @@ class Stream:
 
     def pauseProducing(self) -> None:
         self._paused = True
+        self._direct = None
 
     def resumeProducing(self) -> None:
         self._paused = False
@@ -298,9 +317,9 @@ class Stream:
         self._closed = True
         self._direct = None
         # What a paused client has queued still goes out before a gentle close's last words.
-        pending = b"".join(self._queue) if not abort else b""
-        self._early.clear()
-        self._queue.clear()
+        pending = b"".join(self._queue) if self._queue and not abort else b""
+        self._early = None
+        self._queue = None
         self._queued = 0
         for channel in self.channels:
             self._hub.detach(self._server, channel, self)

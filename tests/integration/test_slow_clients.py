@@ -78,7 +78,7 @@ async def test_a_large_frame_is_shared_not_copied_per_client(
     streams = list(_bridge_streams(service))
     await until(lambda: all(s.queued_bytes for s in streams), what="frames queued")
     for stream in streams:
-        assert stream._direct is not None  # taken over: the direct path is what this measures
+        assert stream._sender is not None  # taken over: the direct path is what this measures
         transport = stream._transport
         held_by_twisted = len(transport.dataBuffer) - transport.offset + transport._tempDataLen
         assert held_by_twisted <= 2 * 64 * 1024 + 64
@@ -100,7 +100,7 @@ async def test_streams_work_without_the_direct_path(
             redis.publish("plain", f"m{n}")
         assert [e.data for e in await client.wait_events(3)] == ["m0", "m1", "m2"]
         (stream,) = _bridge_streams(service)
-        assert stream._direct is None and stream.frames == 3
+        assert stream._sender is None and stream.frames == 3
         # Closing still ends the response and the connection, with the retry hint.
         await service.stopService()
         await client.closed.addTimeout(10, reactor)
