@@ -2,7 +2,8 @@
 
 - ``Subscriber``: one client of a channel, as the hub delivers to it (``ssebridge.http.stream.Stream``).
 - ``TransportSink``: what a transport reports to (the hub's ``ChannelGroup``): confirmations, refused
-  subscriptions, batches of messages, and the connection going up and down. A transport never touches
+  subscriptions (of channels and of patterns), batches of messages (per channel, and per pattern
+  with the channel each message came from), and the connection going up and down. A transport never touches
   the hub's channels or counters directly.
 - ``Transport``: a message source for one server (``ssebridge.redis.pubsub.RedisTransport``; Sentinel
   and Cluster transports next). ``connected`` is the one answer to "is it up": readiness and the
@@ -77,6 +78,21 @@ class TransportSink(Protocol):
     def deliver(self, batch: Mapping[bytes, list[bytes]]) -> None:
         """Messages read together, per channel, in the order the server sent them."""
 
+    def psubscribed(self, pattern: bytes) -> None:
+        """The server confirmed the subscription to the glob ``pattern`` (``PSUBSCRIBE``)."""
+
+    def psubscribe_failed(self, pattern: bytes, error: str) -> None:
+        """The server refused the pattern's subscription; the transport retries, as for a channel."""
+
+    def deliver_patterns(self, batch: Mapping[bytes, list[tuple[bytes, bytes]]]) -> None:
+        """Pattern messages read together: per pattern, ``(channel, data)`` pairs in the server's
+        order, ``channel`` being the one the message was published on (any bytes the publisher chose).
+
+        A separate call from ``deliver`` because a pattern's messages carry their channel and a
+        pattern's name lives apart from channels' (``room.*`` may be both). Runs of channel messages
+        and of pattern messages are reported in the order they were read.
+        """
+
 
 class Transport(Protocol):
     """A message source for one server. Calls are requests; results come back to its sink."""
@@ -90,6 +106,13 @@ class Transport(Protocol):
 
     def unsubscribe(self, channel: bytes) -> None:
         """Stop delivering ``channel``."""
+
+    def psubscribe(self, pattern: bytes) -> None:
+        """Start (or, after a reconnect, restart) delivering every channel matching the glob
+        ``pattern``, through ``TransportSink.deliver_patterns``; idempotent."""
+
+    def punsubscribe(self, pattern: bytes) -> None:
+        """Stop delivering ``pattern``."""
 
     def stop(self) -> Deferred[None]:
         """Close the transport's connections for good."""

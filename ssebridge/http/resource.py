@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Hashable
 from typing import Any
 
-from twisted.internet.defer import CancelledError, Deferred, FirstError, gatherResults
+from twisted.internet.defer import CancelledError, Deferred, FirstError, gatherResults, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -111,9 +111,10 @@ def attach_stream(
     confirm_timeout: float,
     reactor: Any,
 ) -> Deferred[None]:
-    """Attach ``stream`` to the hub on each of its channels and start it once every subscription is
-    confirmed (or the wait timed out). A request that carries a ``Last-Event-ID`` resumes: each
-    channel first replays what history holds after the stream's position on it."""
+    """Attach ``stream`` to the hub on each of its channels and patterns and start it once every
+    subscription is confirmed (or the wait timed out). A request that carries a ``Last-Event-ID``
+    resumes: each channel first replays what history holds after the stream's position on it
+    (patterns are live only: they ignore it)."""
     text = resume_from(request) if stream.mode == "sse" else None
     positions = parse_position(text, stream.channels) if text is not None else {}
     if stream.positions is not None:
@@ -122,6 +123,13 @@ def attach_stream(
         hub.attach(server, channel, stream, text is not None, positions.get(channel))
         for channel in stream.channels
     ]
+    # A pattern's events keep their own id only on a stream of patterns alone: on a stream with
+    # channels, the browser's last event id must stay the channels' position.
+    own_ids = not stream.channels
+    waits.extend(hub.attach_pattern(server, p, stream, own_ids) for p in stream.patterns)
+    if not waits:
+        # Neither channel nor pattern (a Stream made by hand): nothing to wait for.
+        waits.append(succeed(None))
     confirmed: Deferred[Any] = waits[0] if len(waits) == 1 else gatherResults(waits, consumeErrors=True)
     timer = reactor.callLater(confirm_timeout, _start_unconfirmed, stream, hub, server)
 
@@ -156,9 +164,11 @@ def attach_stream(
 def _start_unconfirmed(stream: Stream, hub: Hub, server: Hashable) -> None:
     log.warn(
         "subscription to {channel} not confirmed in time; stream started, receiving once resubscribed",
-        channel=printable(b",".join(stream.channels)),
+        channel=printable(b",".join((*stream.channels, *stream.patterns))),
     )
     for channel in stream.channels:
         hub.activate_early(server, channel, stream)
+    for pattern in stream.patterns:
+        hub.activate_early_pattern(server, pattern, stream)
     # A comment, so the client sees a live stream while Redis is away.
     stream.start(frames.comment(b"waiting for the message server") if stream.mode == "sse" else b"")

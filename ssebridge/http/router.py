@@ -288,7 +288,7 @@ class Bridge:
         return None
 
     def start_stream(self, request: Request, resolved: Resolved, status: int = 200) -> Stream:
-        """Attach ``request`` to the hub as a stream on ``resolved``'s channels."""
+        """Attach ``request`` to the hub as a stream on ``resolved``'s channels and patterns."""
         client_buffer = self.client_buffer
         if resolved.buffer_size is not None:
             client_buffer = max(client_buffer, resolved.buffer_size)
@@ -303,6 +303,7 @@ class Bridge:
             status=status,
             more_channels=resolved.channels[1:],
             name_events=resolved.name_events,
+            patterns=resolved.patterns,
         )
         self.streams.add(stream)
         attach_stream(stream, request, self.hub, resolved.server, self.confirm_timeout, self.reactor)

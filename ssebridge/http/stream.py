@@ -56,7 +56,7 @@ STREAM_HEADERS = (
 
 @implementer(IPushProducer)
 class Stream:
-    """One client's stream on one channel, or on several.
+    """One client's stream on one channel, or on several, and on Redis glob patterns (live only).
 
     Lifecycle: created and attached to the hub (waiting); ``start`` sends the headers once every
     channel's subscription is confirmed; ``send`` delivers frames (what arrives before ``start`` waits
@@ -65,7 +65,9 @@ class Stream:
 
     A stream of several channels keeps ``positions``, where it is on each: its events' ``id:`` is
     their composite (``ssebridge.publish.envelope.format_position``), what a browser sends back as
-    ``Last-Event-ID`` to resume every channel at once.
+    ``Last-Event-ID`` to resume every channel at once. ``patterns`` hold no position: a pattern's
+    events carry no ``id:`` on a stream that has channels (see ``ssebridge.hub.patterns``). A stream
+    of patterns alone has no channel (``channels`` is empty, ``channel`` is ``b""``).
 
     Once the headers are out, a stream on a plain TCP or unix connection takes the connection over
     from twisted.web: it becomes the transport's protocol and producer, and the ``Request`` and
@@ -80,6 +82,7 @@ class Stream:
         "_server",
         "_channel",
         "channels",
+        "patterns",
         "positions",
         "name_events",
         "_early",
@@ -113,14 +116,17 @@ class Stream:
         status: int = 200,
         more_channels: Sequence[bytes] = (),
         name_events: bool = False,
+        patterns: Sequence[bytes] = (),
     ) -> None:
         self.mode = mode
         self._request: Request | None = request
         self._hub = hub
         self._server = server
         self._channel = channel
-        #: Every channel of the stream, the first (``channel``) first.
-        self.channels: tuple[bytes, ...] = tuple(dict.fromkeys((channel, *more_channels)))
+        #: Every channel of the stream, the first (``channel``) first; empty for patterns alone.
+        self.channels: tuple[bytes, ...] = tuple(dict.fromkeys(c for c in (channel, *more_channels) if c))
+        #: The Redis glob patterns of the stream, each once.
+        self.patterns: tuple[bytes, ...] = tuple(dict.fromkeys(patterns))
         self.positions: dict[bytes, EventId | None] | None = (
             dict.fromkeys(self.channels) if len(self.channels) > 1 else None
         )
@@ -188,8 +194,9 @@ class Stream:
         self._set_stream_headers(request)
         request.write(preamble)
         log.info(
-            "stream opened: channel={channel} client={client} mode={mode}",
+            "stream opened: channel={channel}" + self._patterns_format() + " client={client} mode={mode}",
             channel=printable(b",".join(self.channels)),
+            patterns=printable(b",".join(self.patterns)),
             client=self._peer,
             mode=self.mode,
         )
@@ -323,6 +330,8 @@ class Stream:
         self._queued = 0
         for channel in self.channels:
             self._hub.detach(self._server, channel, self)
+        for pattern in self.patterns:
+            self._hub.detach_pattern(self._server, pattern, self)
         stats = self._hub.stats
         stats.streams_closed += 1
         if reason == SLOW_CLIENT:
@@ -370,11 +379,16 @@ class Stream:
             request.channel.persistent = False
         request.finish()
 
+    def _patterns_format(self) -> str:
+        """The log lines' patterns part: there only for a stream that has patterns."""
+        return " patterns={patterns}" if self.patterns else ""
+
     def _log_close(self, reason: str) -> None:
         log.info(
-            "stream closed: channel={channel} client={client} duration={duration:.1f}s frames={frames} "
-            "bytes={bytes} reason={reason}",
+            "stream closed: channel={channel}" + self._patterns_format() + " client={client} "
+            "duration={duration:.1f}s frames={frames} bytes={bytes} reason={reason}",
             channel=printable(b",".join(self.channels)),
+            patterns=printable(b",".join(self.patterns)),
             client=self._peer,
             duration=time.monotonic() - self.opened_at,
             frames=self.frames,

@@ -9,6 +9,9 @@ Transports are pluggable (Redis pub/sub today; Redis Streams, Sentinel, Cluster 
 implements ``ssebridge.interfaces.Transport`` and reports to the ``ChannelGroup`` it was built with,
 a ``TransportSink``.
 
+Patterns (``PSUBSCRIBE``, live only) are subscriptions of the group too, one per pattern, kept by
+``ssebridge.hub.patterns``: subscribers attach with ``Hub.attach_pattern``.
+
 Servers the hub was told to ``connect`` are the configured ones: they stay open with no channel, and
 they alone decide readiness. Any other server's transport is opened for its first channel and closed
 with its last, so that requests cannot leave connections (and reconnect loops) behind.
@@ -25,6 +28,7 @@ from twisted.python.failure import Failure
 
 from ssebridge.config.defaults import MAX_MESSAGE_SIZE, REPLAY_LIMIT
 from ssebridge.hub.channel import REFUSED_COMMENT, Channel, frame_events
+from ssebridge.hub.patterns import Pattern, PatternGroup
 from ssebridge.hub.stats import Stats
 from ssebridge.interfaces import History, Replay, Subscriber, Transport, TransportFactory, TransportSink
 from ssebridge.logs import printable
@@ -38,6 +42,7 @@ __all__ = [
     "ChannelGroup",
     "HistoryFactory",
     "Hub",
+    "Pattern",
 ]
 
 log = Logger()
@@ -53,7 +58,7 @@ MAX_REPLAY_PAGES = 10
 HistoryFactory = Callable[[Hashable], "History | None"]
 
 
-class ChannelGroup:
+class ChannelGroup(PatternGroup):
     """The channels of one server, the transport that feeds them (it reports here: the transport's
     sink), and the server's history when it keeps one.
 
@@ -83,12 +88,15 @@ class ChannelGroup:
         # The last replay turned into events and frames: resuming clients that shared one read (the
         # history coalesces them) share this work too.
         self._memo: tuple[object, list[Envelope], bytes] | None = None
+        self._init_patterns()
         self.transport: Transport = make_transport(key, self)
 
     @property
     def refused(self) -> int:
-        """How many of its channels the server refuses now."""
-        return sum(1 for ch in self.channels.values() if ch.refused is not None)
+        """How many of its channels and patterns the server refuses now."""
+        return sum(1 for ch in self.channels.values() if ch.refused is not None) + sum(
+            1 for p in self.patterns.values() if p.refused is not None
+        )
 
     def attach(
         self, channel: bytes, subscriber: Subscriber, resume: bool = False, position: EventId | None = None
@@ -134,6 +142,7 @@ class ChannelGroup:
         # receive again as soon as the transport has resubscribed (and the channel has caught up).
         for ch in self.channels.values():
             ch.unconfirm()
+        self._unconfirm_patterns()
 
     def subscribed(self, channel: bytes) -> None:
         found = self._names.get(channel)
@@ -402,13 +411,43 @@ class Hub:
                 ch.activate_early(subscriber)
 
     def detach(self, server: Hashable, channel: bytes, subscriber: Subscriber) -> None:
-        """Remove a subscriber; the last one out releases the subscription, and the last channel out of
-        a server that is not configured closes its transport."""
+        """Remove a subscriber; the last one out releases the subscription, and the last channel (or
+        pattern) out of a server that is not configured closes its transport."""
         group = self.groups.get(server)
         if group is None:
             return
         group.detach(channel, subscriber)
-        if not group.channels and server not in self.configured:
+        self._release(server, group)
+
+    def attach_pattern(
+        self, server: Hashable, pattern: bytes, subscriber: Subscriber, own_ids: bool = True
+    ) -> Deferred[None]:
+        """Add a subscriber to the glob ``pattern`` (one ``PSUBSCRIBE`` per pattern, whatever the number
+        of subscribers); the Deferred fires once it is confirmed. Live only: no history, no resume.
+
+        ``own_ids``: events with ids keep their ``id:`` line; pass ``False`` for a subscriber whose
+        ``id:`` is another's (a stream that also has channels: its last event id must stay theirs).
+        """
+        return self._group(server).attach_pattern(pattern, subscriber, own_ids)
+
+    def activate_early_pattern(self, server: Hashable, pattern: bytes, subscriber: Subscriber) -> None:
+        """Deliver a pattern's messages to a subscriber still waiting for its confirmation."""
+        group = self.groups.get(server)
+        if group is not None:
+            p = group.patterns.get(pattern)
+            if p is not None:
+                p.activate_early(subscriber)
+
+    def detach_pattern(self, server: Hashable, pattern: bytes, subscriber: Subscriber) -> None:
+        """Remove a pattern's subscriber; the last one out PUNSUBSCRIBEs."""
+        group = self.groups.get(server)
+        if group is None:
+            return
+        group.detach_pattern(pattern, subscriber)
+        self._release(server, group)
+
+    def _release(self, server: Hashable, group: ChannelGroup) -> None:
+        if not group.channels and not group.patterns and server not in self.configured:
             del self.groups[server]
             self._close(group)
 
@@ -424,13 +463,16 @@ class Hub:
         d.addBoth(done)
 
     def subscriber_count(self) -> int:
-        return sum(len(ch) for g in self.groups.values() for ch in g.channels.values())
+        """Subscriptions of subscribers: a stream counts once per channel and per pattern it holds."""
+        return sum(len(ch) for g in self.groups.values() for ch in g.channels.values()) + sum(
+            len(p) for g in self.groups.values() for p in g.patterns.values()
+        )
 
     def channel_count(self) -> int:
         return sum(len(g.channels) for g in self.groups.values())
 
     def refused_count(self) -> int:
-        """Channels whose subscription the server refuses now."""
+        """Channels and patterns whose subscription the server refuses now."""
         return sum(g.refused for g in self.groups.values())
 
     def stop(self) -> Deferred[None]:

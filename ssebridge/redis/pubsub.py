@@ -1,11 +1,13 @@
 """The Redis pub/sub transport: one txredisapi connection per Redis server, carrying every channel.
 
 txredisapi does the connecting, TLS and reconnect-with-backoff. What it does not do, this module adds:
-AUTH/SELECT that retry instead of giving up, resubscribing every live channel after a reconnect, one
-channel per SUBSCRIBE (a multi-channel SUBSCRIBE desynchronises replies), payloads kept as bytes, a
+AUTH/SELECT that retry instead of giving up, resubscribing every live channel and pattern after a
+reconnect, one channel per SUBSCRIBE and one pattern per PSUBSCRIBE (a multi-name command
+desynchronises replies), payloads kept as bytes, a
 health check that drops a silent connection, and a reply loop of its own (``ssebridge.redis.replies``)
-that batches messages and matches every reply to its command: a refused SUBSCRIBE (``NOAUTH``,
-``NOPERM``) is logged, reported to the sink and retried with backoff.
+that batches messages and matches every reply to its command: a refused SUBSCRIBE or PSUBSCRIBE
+(``NOAUTH``, ``NOPERM``) is logged, reported to the sink and retried with backoff. Pattern messages
+reach the sink as ``deliver_patterns`` (pattern -> ``(channel, data)`` pairs).
 
 After a connection the server closed, the next one asks the server why (``ssebridge.redis.closes``):
 a server that did not restart and closed a subscriber most likely hit its pub/sub output buffer limit.
@@ -33,15 +35,13 @@ from ssebridge.redis.closes import CloseDiagnosis, pubsub_limit
 from ssebridge.redis.handshake import endpoint_for, handshake
 from ssebridge.redis.history import redis_history_factory
 from ssebridge.redis.replies import ReplyLoop
-from ssebridge.redis.retries import SubscribeRetries
+from ssebridge.redis.retries import SubscribeRetries, Subscriptions
 
 log = Logger()
 
 #: Seconds between liveness checks of a Redis connection, and of silence after which it is dead.
 DEFAULT_HEALTH_INTERVAL = 1.0
 DEFAULT_HEALTH_TIMEOUT = 3.0
-
-
 
 
 class _SubscriberProtocol(txredisapi.SubscriberProtocol):  # type: ignore[misc]
@@ -99,8 +99,9 @@ class _Factory(txredisapi.RedisFactory):  # type: ignore[misc]
 class RedisTransport:
     """Subscriptions to one Redis server, kept alive across disconnects and refusals.
 
-    ``wanted`` is the set of channels the hub wants; after every (re)connect each is subscribed again,
-    so a Redis restart costs the clients only the messages published while it was away.
+    ``wanted`` is the set of channels the hub wants (``patterns.wanted`` the patterns); after every
+    (re)connect each is subscribed again, so a Redis restart costs the clients only the messages
+    published while it was away.
     """
 
     def __init__(
@@ -118,11 +119,6 @@ class RedisTransport:
         self.server = server
         self.sink = sink
         self.reactor = reactor
-        self.wanted: set[bytes] = set()
-        # SUBSCRIBEs sent and not yet answered, per channel: a channel is confirmed (or refused) to the
-        # sink only by the answer to its last one, so an answer that belongs to an older SUBSCRIBE (one
-        # followed by an UNSUBSCRIBE and a new SUBSCRIBE) never starts a stream early.
-        self._inflight: dict[bytes, int] = {}
         self.protocol: _SubscriberProtocol | None = None
         self._loop: ReplyLoop | None = None
         #: Whether Redis has sent anything on the current connection (see ``connected``).
@@ -136,7 +132,25 @@ class RedisTransport:
         self.health_timeout = health_timeout
         self._health: LoopingCall | None = None
         self._stopped = False
-        self.retries = SubscribeRetries(reactor, server.describe(), self._retry)
+        #: Channels (SUBSCRIBE) and patterns (PSUBSCRIBE): each wanted, in flight, retried.
+        self.channels = Subscriptions(
+            reactor,
+            server.describe(),
+            b"SUBSCRIBE",
+            b"UNSUBSCRIBE",
+            self._send_if_up,
+            sink.subscribed,
+            sink.subscribe_failed,
+        )
+        self.patterns = Subscriptions(
+            reactor,
+            server.describe(),
+            b"PSUBSCRIBE",
+            b"PUNSUBSCRIBE",
+            self._send_if_up,
+            sink.psubscribed,
+            sink.psubscribe_failed,
+        )
         # Why the last connection ended, for the next one to explain.
         self._dropping = False
         self._closes = CloseDiagnosis(server.describe())
@@ -164,28 +178,44 @@ class RedisTransport:
         """
         return self.protocol is not None and self.answered and self.ping_refused is None
 
-    def _send(self, *args: bytes) -> None:
+    @property
+    def wanted(self) -> set[bytes]:
+        """The channels the hub wants."""
+        return self.channels.wanted
+
+    @property
+    def retries(self) -> SubscribeRetries:
+        """The channels' retries (``patterns.retries``: the patterns')."""
+        return self.channels.retries
+
+    def _send_if_up(self, *args: bytes) -> bool:
         if self.protocol is not None and self._loop is not None:
             self.protocol.transport.write(self._loop.command(*args))
+            return True
+        return False
+
+    def _cancel_retries(self) -> None:
+        self.channels.retries.cancel_all()
+        self.patterns.retries.cancel_all()
 
     # Transport: the hub's requests.
 
     def subscribe(self, channel: bytes) -> None:
-        self.wanted.add(channel)
-        self.retries.cancel(channel)
-        if self.protocol is not None:
-            self._inflight[channel] = self._inflight.get(channel, 0) + 1
-            self._send(b"SUBSCRIBE", channel)
+        self.channels.add(channel)
 
     def unsubscribe(self, channel: bytes) -> None:
-        self.wanted.discard(channel)
-        self.retries.forget(channel)
-        self._send(b"UNSUBSCRIBE", channel)
+        self.channels.remove(channel)
+
+    def psubscribe(self, pattern: bytes) -> None:
+        self.patterns.add(pattern)
+
+    def punsubscribe(self, pattern: bytes) -> None:
+        self.patterns.remove(pattern)
 
     def stop(self) -> Deferred[None]:
         self._stopped = True
         self._stop_health()
-        self.retries.cancel_all()
+        self._cancel_retries()
         d = self._factory.disconnect()
         return cast(Deferred[None], d.addCallback(lambda _: None)) if d is not None else succeed(None)
 
@@ -199,7 +229,7 @@ class RedisTransport:
         self.answered = False
         self.ping_refused = None
         self.last_seen = self.reactor.seconds()
-        self.retries.cancel_all()
+        self._cancel_retries()
         # Before any SUBSCRIBE: INFO and CONFIG are refused on a connection in subscribe mode.
         out = [loop.command(b"PING"), loop.command(b"INFO", b"server")]
         if self._closes.closed_by_server:
@@ -209,13 +239,14 @@ class RedisTransport:
             self._health.clock = self.reactor
             self._health.start(self.health_interval, now=False)
         log.info(
-            "redis {server}: connected, subscribing {count} channels",
+            "redis {server}: connected, subscribing {count} channels and {patterns} patterns",
             server=self.server.describe(),
-            count=len(self.wanted),
+            count=len(self.channels.wanted),
+            patterns=len(self.patterns.wanted),
         )
-        self._inflight = dict.fromkeys(self.wanted, 1)
-        # One channel per command, all in one write.
-        out.extend(loop.command(b"SUBSCRIBE", ch) for ch in self.wanted)
+        # One name per command, all in one write.
+        out.extend(loop.command(*args) for args in self.channels.resend())
+        out.extend(loop.command(*args) for args in self.patterns.resend())
         protocol.transport.write(b"".join(out))
 
     def handshake_failed(self, error: Exception) -> None:
@@ -243,7 +274,7 @@ class RedisTransport:
         self.answered = False
         self.ping_refused = None
         self._stop_health()
-        self.retries.cancel_all()
+        self._cancel_retries()
         # Not our health check, not a stop: the server (or the network) closed it.
         by_server = self._closes.closed_by_server = not (self._dropping or self._stopped)
         self._closes.clean = isinstance(why, Failure) and why.check(ConnectionDone) is not None
@@ -284,16 +315,21 @@ class RedisTransport:
             protocol.transport.abortConnection()
             return
         if silent >= self.health_interval * 0.5 or self.ping_refused is not None:
-            self._send(b"PING")
+            self._send_if_up(b"PING")
 
     # ReplyHandler: the reply loop's reports.
 
     def deliver(self, batch: dict[bytes, list[bytes]]) -> None:
         self.sink.deliver(batch)
 
+    def deliver_patterns(self, batch: dict[bytes, list[tuple[bytes, bytes]]]) -> None:
+        self.sink.deliver_patterns(batch)
+
     def replied(self, command: bytes, argument: bytes, reply: Any) -> None:
         if command == b"SUBSCRIBE":
-            self._answered(argument, None)
+            self.channels.answered(argument, None)
+        elif command == b"PSUBSCRIBE":
+            self.patterns.answered(argument, None)
         elif command == b"PING":
             if self.ping_refused is not None:
                 log.info("redis {server}: PING answered again", server=self.server.describe())
@@ -305,7 +341,9 @@ class RedisTransport:
 
     def refused(self, command: bytes, argument: bytes, error: str) -> None:
         if command == b"SUBSCRIBE":
-            self._answered(argument, error)
+            self.channels.answered(argument, error)
+        elif command == b"PSUBSCRIBE":
+            self.patterns.answered(argument, error)
         elif command == b"PING":
             if self.ping_refused != error:
                 log.error(
@@ -327,29 +365,6 @@ class RedisTransport:
             server=self.server.describe(),
             reply=repr(reply)[:200],
         )
-
-    # Subscriptions answered, refused, retried.
-
-    def _answered(self, channel: bytes, error: str | None) -> None:
-        left = self._inflight.get(channel, 0) - 1
-        if left > 0:
-            self._inflight[channel] = left
-            return
-        self._inflight.pop(channel, None)
-        # An answer for a channel nobody wants any longer is followed by our UNSUBSCRIBE.
-        if channel not in self.wanted:
-            return
-        if error is None:
-            self.retries.accepted(channel)
-            self.sink.subscribed(channel)
-        else:
-            self.retries.refused(channel, error)
-            self.sink.subscribe_failed(channel, error)
-
-    def _retry(self, channel: bytes) -> None:
-        if channel in self.wanted and self.protocol is not None and channel not in self._inflight:
-            self._inflight[channel] = 1
-            self._send(b"SUBSCRIBE", channel)
 
 
 def redis_transport_factory(reactor: IReactorTime | None = None) -> TransportFactory:

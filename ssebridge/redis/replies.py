@@ -1,14 +1,18 @@
 """The subscriber connection's reply loop: every reply matched to the command that asked for it.
 
-A subscriber connection carries three kinds of traffic: pushed messages (``message``), replies to the
-commands the transport sends raw (PING, SUBSCRIBE, UNSUBSCRIBE, INFO, CONFIG GET), and, while the
+A subscriber connection carries three kinds of traffic: pushed messages (``message`` for a channel,
+``pmessage`` for a pattern), replies to the commands the transport sends raw (PING, SUBSCRIBE,
+UNSUBSCRIBE, PSUBSCRIBE, PUNSUBSCRIBE, INFO, CONFIG GET), and, while the
 connection is set up, txredisapi's own AUTH and SELECT. Redis answers commands in order, one reply
 each (one channel per SUBSCRIBE keeps that true), so a FIFO of the commands sent says what each reply
 answers; an error reply (``NOAUTH``, ``NOPERM``...) is thereby the refusal of one known command,
 reported, never left in a queue nobody reads.
 
 Messages read together are handed on as one batch per channel (one write per client for a burst, not
-one per message); a reply between messages delivers the batch before it, so order is kept.
+one per message); a reply between messages delivers the batch before it, so order is kept. Pattern
+messages are batched the same way, per pattern, as ``(channel, data)`` pairs (``deliver_patterns``);
+a run of channel messages and a run of pattern messages are delivered in the order they were read,
+so a stream on a channel and a pattern gets its messages in the server's order.
 
 Pure and reactor-free: ``ReplyLoop.process`` takes anything with hiredis's ``Reader.gets()``, so the
 unit tests feed it raw RESP bytes. May import: ``ssebridge.redis.resp``.
@@ -21,9 +25,10 @@ from typing import Any, Protocol
 
 from ssebridge.redis.resp import encode_command
 
-__all__ = ["MESSAGE", "ReplyHandler", "ReplyLoop", "ReplySource"]
+__all__ = ["MESSAGE", "PMESSAGE", "ReplyHandler", "ReplyLoop", "ReplySource"]
 
 MESSAGE = b"message"
+PMESSAGE = b"pmessage"
 
 
 class ReplySource(Protocol):
@@ -37,6 +42,9 @@ class ReplyHandler(Protocol):
 
     def deliver(self, batch: dict[bytes, list[bytes]]) -> None:
         """Messages read together, per channel, in order."""
+
+    def deliver_patterns(self, batch: dict[bytes, list[tuple[bytes, bytes]]]) -> None:
+        """Pattern messages read together, per pattern: ``(channel, data)`` pairs, in order."""
 
     def replied(self, command: bytes, argument: bytes, reply: Any) -> None:
         """A reply to ``command`` (upper case) sent with first argument ``argument`` (``b""``: none)."""
@@ -67,23 +75,45 @@ class ReplyLoop:
         """Handle every complete reply ``reader`` holds."""
         handler = self.handler
         batch: dict[bytes, list[bytes]] | None = None
+        pbatch: dict[bytes, list[tuple[bytes, bytes]]] | None = None
         while True:
             reply = reader.gets()
             if reply is False:
                 break
-            if type(reply) is list and len(reply) == 3 and reply[0] == MESSAGE:
-                if batch is None:
-                    batch = {}
-                messages = batch.get(reply[1])
-                if messages is None:
-                    batch[reply[1]] = [reply[2]]
-                else:
-                    messages.append(reply[2])
-                continue
+            if type(reply) is list:
+                size = len(reply)
+                if size == 3 and reply[0] == MESSAGE:
+                    if pbatch is not None:
+                        # Order across the two kinds: pattern messages read before go out first.
+                        handler.deliver_patterns(pbatch)
+                        pbatch = None
+                    if batch is None:
+                        batch = {}
+                    messages = batch.get(reply[1])
+                    if messages is None:
+                        batch[reply[1]] = [reply[2]]
+                    else:
+                        messages.append(reply[2])
+                    continue
+                if size == 4 and reply[0] == PMESSAGE:
+                    if batch is not None:
+                        handler.deliver(batch)
+                        batch = None
+                    if pbatch is None:
+                        pbatch = {}
+                    pairs = pbatch.get(reply[1])
+                    if pairs is None:
+                        pbatch[reply[1]] = [(reply[2], reply[3])]
+                    else:
+                        pairs.append((reply[2], reply[3]))
+                    continue
             # Anything else is ordered against the messages around it: deliver what came before first.
             if batch is not None:
                 handler.deliver(batch)
                 batch = None
+            if pbatch is not None:
+                handler.deliver_patterns(pbatch)
+                pbatch = None
             if not self.sent:
                 handler.unexpected(reply)
                 continue
@@ -94,3 +124,5 @@ class ReplyLoop:
                 handler.replied(command, argument, reply)
         if batch is not None:
             handler.deliver(batch)
+        if pbatch is not None:
+            handler.deliver_patterns(pbatch)

@@ -22,6 +22,9 @@ class Recorder:
     def deliver(self, batch: dict[bytes, list[bytes]]) -> None:
         self.events.append(("deliver", batch))
 
+    def deliver_patterns(self, batch: dict[bytes, list[tuple[bytes, bytes]]]) -> None:
+        self.events.append(("patterns", batch))
+
     def replied(self, command: bytes, argument: bytes, reply: Any) -> None:
         self.events.append(("replied", command, argument, reply))
 
@@ -40,6 +43,75 @@ def feed(loop: ReplyLoop, data: bytes) -> None:
 
 def message(channel: bytes, data: bytes) -> bytes:
     return b"*3\r\n$7\r\nmessage\r\n$%d\r\n%s\r\n$%d\r\n%s\r\n" % (len(channel), channel, len(data), data)
+
+
+def pmessage(pattern: bytes, channel: bytes, data: bytes) -> bytes:
+    return b"*4\r\n" + b"".join(b"$%d\r\n%s\r\n" % (len(x), x) for x in (b"pmessage", pattern, channel, data))
+
+
+def test_pattern_messages_batch_per_pattern_with_their_channel_in_order() -> None:
+    recorder = Recorder()
+    loop = ReplyLoop(recorder)
+    loop.command(b"PSUBSCRIBE", b"room.*")
+    feed(
+        loop,
+        b"*3\r\n$10\r\npsubscribe\r\n$6\r\nroom.*\r\n:1\r\n"
+        + pmessage(b"room.*", b"room.1", b"x")
+        + pmessage(b"a?", b"ab", b"1")
+        + pmessage(b"room.*", b"room.2", b"y")
+        # A channel holding CR/LF/NUL and a payload of any bytes are carried as they are.
+        + pmessage(b"room.*", b"room.\r\n\x00", b"\xff\r\n"),
+    )
+    assert recorder.events == [
+        ("replied", b"PSUBSCRIBE", b"room.*", [b"psubscribe", b"room.*", 1]),
+        (
+            "patterns",
+            {
+                b"room.*": [(b"room.1", b"x"), (b"room.2", b"y"), (b"room.\r\n\x00", b"\xff\r\n")],
+                b"a?": [(b"ab", b"1")],
+            },
+        ),
+    ]
+    assert not loop.sent
+
+
+def test_messages_and_pattern_messages_keep_the_order_they_were_read_in() -> None:
+    """A run of one kind is delivered before a message of the other kind that follows it: a stream on
+    a channel and a pattern gets them in the server's order."""
+    recorder = Recorder()
+    loop = ReplyLoop(recorder)
+    loop.command(b"PING")
+    feed(
+        loop,
+        message(b"a", b"1")
+        + message(b"a", b"2")
+        + pmessage(b"r*", b"r1", b"3")
+        + pmessage(b"r*", b"r2", b"4")
+        + message(b"a", b"5")
+        + b"+PONG\r\n"
+        + pmessage(b"r*", b"r1", b"6"),
+    )
+    assert recorder.events == [
+        ("deliver", {b"a": [b"1", b"2"]}),
+        ("patterns", {b"r*": [(b"r1", b"3"), (b"r2", b"4")]}),
+        ("deliver", {b"a": [b"5"]}),
+        ("replied", b"PING", b"", b"PONG"),
+        ("patterns", {b"r*": [(b"r1", b"6")]}),
+    ]
+
+
+def test_a_refused_psubscribe_reaches_its_command() -> None:
+    recorder = Recorder()
+    loop = ReplyLoop(recorder)
+    loop.command(b"PSUBSCRIBE", b"secret.*")
+    loop.command(b"PUNSUBSCRIBE", b"x*")
+    feed(
+        loop,
+        b"-NOPERM this user has no permissions to access one of the channels used as arguments\r\n"
+        b"*3\r\n$12\r\npunsubscribe\r\n$2\r\nx*\r\n:0\r\n",
+    )
+    assert recorder.events[0][:3] == ("refused", b"PSUBSCRIBE", b"secret.*")
+    assert recorder.events[1] == ("replied", b"PUNSUBSCRIBE", b"x*", [b"punsubscribe", b"x*", 0])
 
 
 def test_commands_are_encoded_and_remembered_in_order() -> None:
