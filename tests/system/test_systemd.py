@@ -123,8 +123,14 @@ def test_socket_activation_and_ready_stopping_notices(
     # Workers log as their parent does: every line is JSON.
     events = [json.loads(line) for line in out.decode().splitlines() if line.strip()]
     assert any(
-        e.get("log_format", "").startswith("stream closed") and e.get("channel") == "s" for e in events
+        e.get("message", "").startswith("stream closed") and e.get("channel") == "s" for e in events
     )
+    # Flat lines: no Twisted internals; with a pool, a worker's lines name it.
+    assert not any(key.startswith("log_") for e in events for key in e)
+    if workers > 1:
+        assert any(e.get("worker") == 0 for e in events if e["message"].startswith("stream closed")) or any(
+            e.get("worker") == 1 for e in events if e["message"].startswith("stream closed")
+        )
 
 
 @pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd not installed")
