@@ -14,9 +14,10 @@ import pytest_twisted
 import redis as redis_py
 from twisted.internet import reactor
 
+from ssebridge.config.model import load_config
 from ssebridge.publish import Publisher
 from ssebridge.runtime.service import BridgeService
-from ssebridge.testing import RedisProcess, SSEClient, connect_sse
+from ssebridge.testing import RedisProcess, SSEClient, connect_sse, free_port
 from tests.helpers import RunBridge, port_of, sleep, until
 
 CONFIG = """[uwsgi]
@@ -166,7 +167,9 @@ async def test_a_pattern_matching_envelope_channels_never_shows_envelopes(
     published = publisher.publish("news", "decoded")
     redis.publish("plain", "plain")
     events = await client.wait_events(2)
-    assert [(e.data, e.id) for e in events] == [("decoded", published), ("plain", published)]
+    # Read together, a pattern's plain messages and its events are two batches (as a channel's are).
+    by_data = {e.data: e for e in events}
+    assert sorted(by_data) == ["decoded", "plain"] and by_data["decoded"].id == published
     await sleep(0.2)
     assert len(client.events) == 2
     await client.disconnect()
@@ -268,3 +271,29 @@ async def test_a_pattern_stream_starts_unconfirmed_and_receives_once_resubscribe
     await publish_until(redis, client, "room.1", "pattern after")
     await publish_until(redis, client, "lobby", "channel after")
     await client.disconnect()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_toml_route_with_patterns_only(tmp_path: Any, redis: RedisProcess) -> None:
+    """``patterns = [...]`` in TOML, a substituted value matched literally (glob-escaped)."""
+    port = free_port()
+    config = tmp_path / "p.toml"
+    config.write_text(
+        f'listen = "tcp:{port}:interface=127.0.0.1"\nredis = "127.0.0.1:{redis.port}"\n'
+        "[[route]]\nmatch = '^/floor/(.+)$'\npatterns = ['floor.${1}.*']\nname_events = true\n"
+    )
+    service = BridgeService(load_config(config))
+    await service.startService()
+    try:
+        wide = await open_stream(port, "/floor/*")  # escaped: the literal floor "*" only
+        one = await open_stream(port, "/floor/1")
+        redis.publish("floor.1.a", "one")
+        redis.publish("floor.*.b", "star")
+        assert [(e.event, e.data) for e in await one.wait_events(1)] == [("floor.1.a", "one")]
+        assert [(e.event, e.data) for e in await wide.wait_events(1)] == [("floor.*.b", "star")]
+        await sleep(0.1)
+        assert len(one.events) == 1 and len(wide.events) == 1
+        for client in (wide, one):
+            await client.disconnect()
+    finally:
+        await service.stopService()
