@@ -153,7 +153,14 @@ async def test_events_with_ids_reach_patterns_with_their_id_on_a_pattern_only_st
     ]
     named_events = await named.wait_events(2)
     assert [(e.event, e.id) for e in named_events] == [("enter", first), ("room.2", second)]
-    for client in (rooms, named):
+    # A pattern does not resume: a Last-Event-ID gets no replay and no gap, only what comes next.
+    back = await connect_sse(
+        reactor, "127.0.0.1", port, b"/rooms", headers={b"Last-Event-ID": first.encode()}
+    )
+    assert back.status == 200
+    later = publisher.publish("room.3", "live")
+    assert [(e.data, e.id) for e in await back.wait_events(1)] == [("live", later)]
+    for client in (rooms, named, back):
         await client.disconnect()
 
 
