@@ -13,6 +13,7 @@ import pytest
 import pytest_twisted
 import redis as redis_py
 from twisted.internet import reactor
+from twisted.logger import formatEvent, globalLogPublisher
 
 from ssebridge.config.model import load_config
 from ssebridge.publish import Publisher
@@ -71,8 +72,19 @@ async def publish_until(redis: RedisProcess, client: SSEClient, channel: str, ta
 async def test_a_pattern_stream_gets_matching_channels_only(
     run_bridge: RunBridge, redis: RedisProcess
 ) -> None:
-    port = port_of(await run_bridge(CONFIG))
-    client = await open_stream(port, "/rooms")
+    service = await run_bridge(CONFIG)
+    port = port_of(service)
+    lines: list[str] = []
+    observer = lambda event: lines.append(formatEvent(event))  # noqa: E731
+    globalLogPublisher.addObserver(observer)
+    try:
+        client = await open_stream(port, "/rooms")
+    finally:
+        globalLogPublisher.removeObserver(observer)
+    # A stream of patterns alone has no channel; its log lines name its patterns.
+    assert any(line.startswith("stream opened: channel= patterns=room.* client=") for line in lines)
+    stream = next(iter(service.bridge.streams))
+    assert (stream.channels, stream.patterns, stream.channel) == ((), (b"room.*",), b"")
     redis.publish("room.1", "x")
     redis.publish("other", "z")
     redis.publish("room.2", "y")
