@@ -17,6 +17,7 @@ __all__ = [
     "BODY_TIMEOUT",
     "CLIENT_BUFFER",
     "CONFIRM_TIMEOUT",
+    "DRAIN_TIMEOUT",
     "FORWARDED",
     "HEADER_TIMEOUT",
     "HEARTBEAT",
@@ -61,6 +62,9 @@ CONFIRM_TIMEOUT = 3.0
 HEADER_TIMEOUT = 10.0
 #: Seconds over which open streams are closed on shutdown, so clients do not reconnect at once.
 SHUTDOWN_WINDOW = 5.0
+#: Seconds the requests the upstream app is already running get to finish on shutdown (they run
+#: beside the streams' closing window, not after it); new ones get 503 meanwhile.
+DRAIN_TIMEOUT = 10.0
 #: The SSE ``retry:`` hint, in milliseconds, sent to streams closed on shutdown.
 RETRY_MS = 3000
 #: Bridge processes sharing the listeners; 1 runs in-process.

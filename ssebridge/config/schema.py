@@ -68,6 +68,8 @@ class Config:
     confirm_timeout: float = defaults.CONFIRM_TIMEOUT
     header_timeout: float = defaults.HEADER_TIMEOUT
     shutdown_window: float = defaults.SHUTDOWN_WINDOW
+    #: Seconds the upstream app's running requests get to finish on shutdown.
+    drain_timeout: float = defaults.DRAIN_TIMEOUT
     retry_ms: int = defaults.RETRY_MS
     #: "auto" in a file is resolved to the number of cores at load time.
     workers: int = defaults.WORKERS

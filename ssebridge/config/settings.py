@@ -143,6 +143,14 @@ SETTINGS: tuple[Setting, ...] = (
         "on shutdown, streams are closed spread over this many seconds",
     ),
     _setting(
+        "drain_timeout",
+        "float",
+        seconds,
+        "on shutdown, requests the upstream app is already running get this many seconds to finish "
+        "and reach their clients (requests it has not started get 503 with `Retry-After`); past it "
+        "they are cut. `0`: cut at once",
+    ),
+    _setting(
         "retry_ms",
         "int",
         at_least(0, MAX_SECONDS * 1000),

@@ -465,6 +465,13 @@ class Bridge:
             error = failure.value
             assert isinstance(error, UpstreamError)
             log.warn("upstream error {code}: {text}", code=error.code, text=error.text)
+            if error.code == 503:
+                # The upstream refused it unstarted (the service stops): safe to retry, elsewhere or
+                # later, and this connection will not serve another request.
+                request.setHeader(b"Retry-After", b"%d" % self.retry_after)
+                request.setHeader(b"Connection", b"close")
+                if request.channel is not None:
+                    request.channel.persistent = False
             _write_text(request, error.code, error.text)
         else:
             log.failure("upstream failed", failure)

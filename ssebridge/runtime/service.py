@@ -27,6 +27,7 @@ from ssebridge.redis.pubsub import redis_transport_factory
 from ssebridge.runtime.lifecycle import StartError, default_max_streams, raise_fd_limit, stop_and_exit
 from ssebridge.runtime.listeners import adopt_listeners, listen, per_worker_endpoint
 from ssebridge.runtime.sdnotify import notify
+from ssebridge.upstream.base import Upstream
 from ssebridge.upstream.factory import build_upstream
 
 log = Logger()
@@ -165,10 +166,17 @@ class BridgeService(MultiService):
         try:
             if self.worker_index is None:
                 notify("STOPPING=1")
+            # From this instant the app gets no new request (503, Retry-After): one let in while the
+            # listeners close could still be running when the drain's bound cuts it.
+            closing: list[Deferred[Any]] = []
+            if self.upstream is not None:
+                closing.append(self._drain_upstream(self.upstream))
             ports, self.ports = self.ports, []
             await DeferredList([maybeDeferred(p.stopListening) for p in ports], consumeErrors=True)
             log.info("stopping: closing {count} streams", count=len(self.bridge.streams))
-            await self.bridge.close_all(self.config.shutdown_window, self.config.retry_ms)
+            # Streams close and the app's requests drain side by side: neither waits for the other.
+            closing.append(self.bridge.close_all(self.config.shutdown_window, self.config.retry_ms))
+            await DeferredList(closing, consumeErrors=True)
             await maybeDeferred(super().stopService)
             if self.upstream is not None:
                 await self.upstream.stop()
@@ -176,3 +184,14 @@ class BridgeService(MultiService):
         except Exception:
             # twistd drops exceptions raised while stopping: say it here.
             log.failure("error while stopping the bridge")
+
+    def _drain_upstream(self, upstream: Upstream) -> Deferred[None]:
+        """Let the requests the app already has finish (within ``drain_timeout``) before ``stop()``
+        cuts what is left: answering one 503 while the app still runs it invites a second run."""
+        timeout = self.config.drain_timeout
+
+        def drained(complete: bool) -> None:
+            if not complete:
+                log.warn("app requests still running after drain_timeout = {timeout}s: cut", timeout=timeout)
+
+        return upstream.drain(timeout).addCallback(drained)

@@ -121,6 +121,11 @@ class Upstream(Protocol):
         """Send ``request`` to the app; fire with its reply, or fail with ``UpstreamError``."""
         ...
 
+    def drain(self, timeout: float) -> Deferred[bool]:
+        """The service stops: refuse requests the app has not started (503), let those it has run to
+        the end and their answers reach the clients, for at most ``timeout`` seconds; ``True`` if all did."""
+        ...
+
     def stop(self) -> Deferred[None]:
         """Release threads and connections."""
         ...

@@ -57,6 +57,7 @@ from ssebridge.upstream.base import (
     streamed_body,
     strip_hop_by_hop,
 )
+from ssebridge.upstream.drain import close_after_answer, until_drained
 
 __all__ = ["HTTPUpstream"]
 
@@ -312,8 +313,10 @@ class HTTPUpstream:
         self.pool = HTTPConnectionPool(reactor, persistent=True)
         self.pool.maxPersistentPerHost = pool_size
         self.agent = Agent(reactor, pool=self.pool, connectTimeout=timeout)
-        self._waiting: set[Deferred[IResponse]] = set()
+        #: Requests sent and waiting for the response headers, with the client's request of each.
+        self._waiting: dict[Deferred[IResponse], Request] = {}
         self._bodies: set[_ProxyBody] = set()
+        self._draining = False
         self._stopping = False
 
     def _headers_for(self, request: Request) -> Headers:
@@ -348,7 +351,7 @@ class HTTPUpstream:
 
     def forward(self, request: Request, variables: dict[str, str]) -> Deferred[UpstreamReply]:
         """Send ``request`` upstream; fire with the reply once its headers are in."""
-        if self._stopping:
+        if self._draining or self._stopping:
             return fail(UpstreamError(503, "Service Unavailable"))
         method: bytes = request.method
         url = self._origin + self._prefix + request.uri
@@ -379,7 +382,7 @@ class HTTPUpstream:
                 body.close()
             log.info("refused request to the upstream: {error}", error=str(e))
             return fail(UpstreamError(400, "Bad Request"))
-        self._waiting.add(d)
+        self._waiting[d] = request
         # Not Deferred.addTimeout: once the request is on the wire, Agent fails a cancelled request
         # with ResponseNeverReceived, which addTimeout does not recognise as its own timeout.
         expired: list[bool] = []
@@ -391,7 +394,7 @@ class HTTPUpstream:
         timer = self.reactor.callLater(self.timeout, expire)
 
         def settled(result: object) -> object:
-            self._waiting.discard(d)
+            self._waiting.pop(d, None)
             if timer.active():
                 timer.cancel()
             if isinstance(result, Failure):
@@ -457,6 +460,22 @@ class HTTPUpstream:
         else:
             log.failure("upstream failed for {what}: 502", failure, what=what)
         return _failure(UpstreamError(502, "Bad Gateway"))
+
+    def drain(self, timeout: float) -> Deferred[bool]:
+        """Refuse new requests (503); let those sent to the app get their answers through to their
+        clients, for at most ``timeout`` seconds. Every forwarded request is sent at once (the pool does
+        not queue them), so none is refused that the app may have seen. Fires ``True`` when all ended;
+        ``stop()`` then cuts whatever is left."""
+        self._draining = True
+        requests = [*self._waiting.values(), *(body.request for body in self._bodies)]
+        transports = [close_after_answer(request) for request in requests]
+        log.info("draining the upstream: {count} requests in flight", count=len(requests))
+        return until_drained(
+            self.reactor,
+            lambda: bool(self._waiting or self._bodies),
+            [t for t in transports if t is not None],
+            timeout,
+        )
 
     def stop(self) -> Deferred[None]:
         """Fail the requests still waiting (503), cut bodies in flight, close the idle connections."""

@@ -59,6 +59,7 @@ from ssebridge.upstream.base import (
     strip_hop_by_hop,
 )
 from ssebridge.upstream.body import BodyBroken, BodyReader
+from ssebridge.upstream.drain import close_after_answer, until_drained
 
 __all__ = [
     "OFFLOAD_HEADER",
@@ -285,6 +286,8 @@ class _WSGICall:
         self.reply: Deferred[UpstreamReply] = Deferred(self._cancel)
         self._timer: DelayedCall | None = self.reactor.callLater(upstream.timeout, self._timed_out)
         # Thread side.
+        #: Set (under the mode lock) once a pool thread took the call: from then on it runs to the end.
+        self._running = False
         self._started = False
         self._decided = False
         self._status: tuple[int, bytes] = (500, b"")
@@ -338,6 +341,19 @@ class _WSGICall:
     def _cancel(self, _: Deferred[UpstreamReply]) -> None:
         self._stop_timer()
         self._set_mode("abandon")
+
+    def refuse_if_queued(self) -> bool:
+        """The upstream drains: a call still waiting for a pool thread is refused with 503 (the app
+        never sees it, so a client's retry cannot run it twice); one already running goes on."""
+        with self._mode_lock:
+            if self._running or self._mode != "pending":
+                return False
+            self._mode = "abandon"
+        self._decision.set()
+        self._stop_timer()
+        if not self.reply.called:
+            self.reply.errback(UpstreamError(503, "Service Unavailable"))
+        return True
 
     def abandon(self) -> None:
         """The upstream stops: release the pool thread wherever it waits."""
@@ -463,6 +479,7 @@ class _WSGICall:
         """The whole call, in a pool thread."""
         with self._mode_lock:
             abandoned = self._mode == "abandon"
+            self._running = not abandoned
         if abandoned:
             # It waited in the queue past its 504, or its client left: running the app now would act
             # on a request nobody waits for (and a client that retried would have it done twice).
@@ -604,6 +621,7 @@ class WSGIUpstream:
         self.timeout = timeout
         self.forwarded = forwarded
         self._calls: set[_WSGICall] = set()
+        self._draining = False
         self._stopped: Deferred[None] | None = None
         if not threadpool.started:
             threadpool.start()
@@ -615,7 +633,7 @@ class WSGIUpstream:
 
     def forward(self, request: Request, variables: dict[str, str]) -> Deferred[UpstreamReply]:
         """Run the app for ``request``; fire with its reply, or fail with ``UpstreamError``."""
-        if self._stopped is not None:
+        if self._draining or self._stopped is not None:
             return fail(UpstreamError(503, "Service Unavailable"))
         try:
             call = _WSGICall(self, request, variables)
@@ -628,6 +646,28 @@ class WSGIUpstream:
 
     def _call_done(self, call: _WSGICall) -> None:
         self._calls.discard(call)
+
+    def drain(self, timeout: float) -> Deferred[bool]:
+        """Refuse new requests and those still queued for a thread (503); let those the app is running
+        finish and their answers reach their clients, for at most ``timeout`` seconds. Fires ``True``
+        when all did. ``stop()`` then releases whatever is left."""
+        self._draining = True
+        refused = sum(call.refuse_if_queued() for call in list(self._calls))
+        # What is left and not running is a call already answered (504) and waiting for a thread only
+        # to be skipped: nobody waits for it. _running only ever turns true, and no longer can now.
+        running = {call for call in self._calls if call._running}
+        transports = [close_after_answer(call.request) for call in running]
+        log.info(
+            "draining the WSGI app: {running} requests running, {refused} queued ones refused (503)",
+            running=len(running),
+            refused=refused,
+        )
+        return until_drained(
+            self.reactor,
+            lambda: bool(running & self._calls),
+            [t for t in transports if t is not None],
+            timeout,
+        )
 
     def stop(self, grace: float = 5.0) -> Deferred[None]:
         """Release every waiting pool thread, then stop the pool (off the reactor thread: joining
