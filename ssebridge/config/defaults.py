@@ -12,6 +12,7 @@ from ssebridge.publish.offload import OFFLOAD_HEADER
 from ssebridge.routing.limits import MAX_CHANNELS
 
 __all__ = [
+    "ACCESS_LOG",
     "BACKLOG",
     "BODY_MIN_RATE",
     "BODY_TIMEOUT",
@@ -33,6 +34,7 @@ __all__ = [
     "REPLAY_LIMIT",
     "RETRY_MS",
     "SHUTDOWN_WINDOW",
+    "STRICT",
     "THREADS",
     "UPSTREAM_TIMEOUT",
     "WORKERS",
@@ -85,6 +87,10 @@ THREADS = 10
 UPSTREAM_TIMEOUT = 30.0
 #: Whether X-Forwarded-For/-Proto/-Host are trusted (in-process) or sent (proxy).
 FORWARDED = False
+#: Whether every request gets an access line in the log (a stream's is its close line).
+ACCESS_LOG = True
+#: Whether an unknown key is an error (else a warning with a suggestion).
+STRICT = False
 # MAX_CHANNELS (imported above, 16): most channels plus patterns one stream may hold; past it, 400.
 # OFFLOAD_HEADER (imported above): the response header by which an upstream hands a connection over
 # with no rule configured; apps import the same name from ssebridge.publish.

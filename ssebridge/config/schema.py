@@ -96,6 +96,10 @@ class Config:
     threads: int = defaults.THREADS
     upstream_timeout: float = defaults.UPSTREAM_TIMEOUT
     forwarded: bool = defaults.FORWARDED
+    #: One log line per request (``ssebridge.http.access``); a stream's is its close line.
+    access_log: bool = defaults.ACCESS_LOG
+    #: Unknown keys are errors rather than warnings.
+    strict: bool = defaults.STRICT
     offload_header: str = defaults.OFFLOAD_HEADER
     #: Most channels plus patterns one stream may hold; a request asking for more gets 400.
     max_channels: int = defaults.MAX_CHANNELS

@@ -250,6 +250,21 @@ SETTINGS: tuple[Setting, ...] = (
         "dropped before the app sees them",
     ),
     _setting(
+        "access_log",
+        "bool",
+        boolean,
+        "one log line per request (`ssebridge.access`: method, path with the query's names but not its "
+        "values, status, bytes, duration, client); a stream's is its `stream closed` line, written "
+        "whatever this says",
+    ),
+    _setting(
+        "strict",
+        "bool",
+        boolean,
+        "an unknown key is an error (`--check --strict` does the same for one run); otherwise a "
+        "warning, with the known key it may be a misspelling of",
+    ),
+    _setting(
         "offload_header",
         "str",
         header_name,

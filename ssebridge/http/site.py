@@ -22,6 +22,7 @@ from twisted.python.failure import Failure
 from twisted.web.http import HTTPChannel
 from twisted.web.server import Request, Site
 
+from ssebridge.http.access import log_access, started
 from ssebridge.upstream.body import BUFFER_HIGH, BodyBroken, RequestBody
 
 log = Logger()
@@ -141,6 +142,10 @@ class BridgeRequest(Request):
     _body: RequestBody | None = None
     _clock: BodyClock | None = None
     _dispatched = False
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[no-untyped-call]
+        started(self)
 
     def process(self) -> None:
         if self.path == b"*":
@@ -327,6 +332,11 @@ class BridgeRequest(Request):
         super().finish()  # type: ignore[no-untyped-call]
 
     def connectionLost(self, reason: Failure) -> None:
+        # A client that leaves before its answer is complete still gets its access line: twisted.web
+        # logs only requests that finish.
+        site = getattr(self, "site", None)
+        if not self.finished and isinstance(site, BridgeSite) and site.access_log:
+            log_access(self, gone=True)
         self._body_done()
         if self._body is not None:
             self._body.fail(BodyBroken("the client went away"))
@@ -472,8 +482,9 @@ def default_max_connections(fd_limit: int) -> int:
 class BridgeSite(Site):
     """A ``Site`` that never shows a traceback to a client and guards its connections' headers.
 
-    Access logging is left to the streams (one line when each closes): the combined-log line twisted.web
-    writes per request would say nothing useful about an hour-long stream.
+    Every request gets an access line (``ssebridge.http.access``) unless ``access_log`` is off; a
+    stream's is its close line, written by the stream, so twisted.web's combined-log line (which would
+    say nothing useful about an hour-long stream) is never written.
     """
 
     displayTracebacks = False
@@ -490,6 +501,7 @@ class BridgeSite(Site):
         body_min_rate: float = DEFAULT_BODY_MIN_RATE,
         max_connections: int = 0,
         streams: Callable[[], int] | None = None,
+        access_log: bool = True,
     ) -> None:
         request_factory = type(
             "BridgeRequest",
@@ -503,6 +515,8 @@ class BridgeSite(Site):
         )
         super().__init__(resource, requestFactory=request_factory, timeout=idle_timeout)  # type: ignore[no-untyped-call]
         self.header_timeout = header_timeout
+        #: Whether each request gets an access line (the ``access_log`` setting).
+        self.access_log = access_log
         #: Most open connections that are not streams (0: no limit); past it new ones get a 503.
         self.max_connections = max_connections
         #: Open connections (streams included), and how many of them are streams.
@@ -534,4 +548,5 @@ class BridgeSite(Site):
     protocol = GuardedHTTPChannel  # type: ignore[assignment]
 
     def log(self, request: Any) -> None:
-        return None
+        if self.access_log:
+            log_access(request)

@@ -18,6 +18,7 @@ from twisted.web.server import Request
 from zope.interface import implementer
 
 from ssebridge.config.defaults import CLIENT_BUFFER
+from ssebridge.http.access import mark_stream
 from ssebridge.hub.channels import Hub
 from ssebridge.interfaces import Subscriber
 from ssebridge.logs import printable
@@ -153,6 +154,8 @@ class Stream:
         #: ``_sender`` while the fast path is open (started, not paused, nothing queued), else None:
         #: the one test ``send`` makes on the hot path.
         self._direct: Callable[[bytes], int] | None = None
+        # This request's access line is the stream's close line: the site writes none for it.
+        mark_stream(request)
         client = request.getClientAddress()
         self._peer: str = getattr(client, "host", None) or str(client)
         self.opened_at = time.monotonic()
@@ -394,6 +397,7 @@ class Stream:
             frames=self.frames,
             bytes=self.bytes,
             reason=reason,
+            stream=True,
         )
 
 

@@ -66,6 +66,9 @@ class _Protocol(txredisapi.RedisProtocol):  # type: ignore[misc]
 
 class _Factory(txredisapi.RedisFactory):  # type: ignore[misc]
     protocol = _Protocol
+    # One connection per server, reconnected for good: Twisted's "Starting factory" line at each
+    # connection says nothing an operator needs.
+    noisy = False
     initialDelay = 0.1
     factor = 2.0
     maxDelay = 1.0

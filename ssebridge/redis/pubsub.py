@@ -86,6 +86,9 @@ class _SubscriberProtocol(txredisapi.SubscriberProtocol):  # type: ignore[misc]
 
 class _Factory(txredisapi.RedisFactory):  # type: ignore[misc]
     protocol = _SubscriberProtocol
+    # One connection per server, reconnected for good: Twisted's "Starting factory" line at each
+    # connection says nothing an operator needs.
+    noisy = False
     # Reconnect quickly: it is one connection per Redis server, not a storm, and every client of the
     # server waits on it.
     initialDelay = 0.1

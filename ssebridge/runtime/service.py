@@ -83,6 +83,7 @@ class BridgeService(MultiService):
         self.metrics_site: BridgeSite | None = None
         if config.metrics_path:
             from ssebridge.http.metrics import HealthResource, MetricsResource
+            access_log=config.access_log,
 
             base = config.metrics_path.rsplit("/", 1)[0]
             self.bridge.fixed[config.metrics_path] = MetricsResource(self.hub, self.open_streams)
@@ -92,7 +93,9 @@ class BridgeService(MultiService):
             from ssebridge.http.metrics import operations_resource
 
             self.metrics_site = BridgeSite(
-                operations_resource(self.hub, self.open_streams), body_policy=no_bodies
+                operations_resource(self.hub, self.open_streams),
+                body_policy=no_bodies,
+                access_log=config.access_log,
             )
         self.ports: list[IListeningPort] = []
         #: Address families of listening sockets inherited at fds 3, 4... (a worker of a pool).

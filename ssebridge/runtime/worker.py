@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from ssebridge.runtime.service import BridgeService
 
-    globalLogBeginner.beginLoggingTo([inherited_observer()], redirectStandardIO=False)
+    globalLogBeginner.beginLoggingTo([inherited_observer(worker=args.index)], redirectStandardIO=False)
     try:
         service = BridgeService(config, reactor=reactor, inherited=families, run_mules=False)
     except ValueError as e:

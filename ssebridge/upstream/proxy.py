@@ -311,6 +311,8 @@ class HTTPUpstream:
         self.forwarded = forwarded
         self.rules = HeaderRules(collect_headers, pull_headers)
         self.pool = HTTPConnectionPool(reactor, persistent=True)
+        # Each new connection to the app would log "Starting factory"/"Stopping factory" at info: noise.
+        self.pool._factory = type("_QuietFactory", (self.pool._factory,), {"noisy": False})  # type: ignore[assignment]
         self.pool.maxPersistentPerHost = pool_size
         self.agent = Agent(reactor, pool=self.pool, connectTimeout=timeout)
         #: Requests sent and waiting for the response headers, with the client's request of each.

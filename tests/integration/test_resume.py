@@ -319,3 +319,23 @@ async def test_events_can_be_named_after_their_channel(
         ("news", "plain"),
     ]
     await client.disconnect()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_hole_in_the_ids_is_filled_from_history_before_anything_newer(
+    run_bridge: RunBridge, redis: RedisProcess, publisher: Publisher
+) -> None:
+    """An event whose predecessor was never announced live (Redis dropped it, or it was written to
+    history alone) makes the channel read what it missed, and deliver it first."""
+    service = await run_bridge(CONFIG)
+    client = await open_stream(port_of(service), "hole")
+    first = publisher.publish("hole", "one")
+    await client.wait_events(1)
+    await until(lambda: service.hub.groups[service.config.redis].channels[b"hole"].last_id is not None)
+    # In history, never announced: only a catch-up can deliver it.
+    silent = redis.command("XADD", "ssebridge:{hole}:h", "*", "d", "two").decode()
+    third = publisher.publish("hole", "three")
+    events = await client.wait_events(3)
+    assert [(e.data, e.id) for e in events] == [("one", first), ("two", silent), ("three", third)]
+    assert service.stats.catch_ups == 1
+    await client.disconnect()
