@@ -1,6 +1,10 @@
 """Channels and fan-out: who listens to what, and one shared frame written to every listener.
 
-Owns: ``Hub`` (channels by (server, name)), ``ChannelGroup`` (the channels one transport carries), the
-counters in ``stats``. May import: ``ssebridge.frames``, ``ssebridge.interfaces``. Never HTTP, never Redis:
-a transport feeds the hub through the sink interface, and streams subscribe to it.
+Owns: ``channels`` (``Hub``: channels by (server, name); ``ChannelGroup``: the channels and patterns one
+transport carries, its sink), ``channel`` (one channel: subscribers, frames, ids, holding while a
+replay or catch-up is read), ``patterns`` (``PSUBSCRIBE`` subscriptions), ``replay`` (reads of the
+server's history for resuming clients and catch-ups), ``stats`` (the counters). May import:
+``ssebridge.frames``, ``ssebridge.interfaces``, ``ssebridge.logs``, ``ssebridge.publish.envelope``,
+``ssebridge.config.defaults``. Never HTTP, never Redis: a transport feeds the hub through the sink
+interface, history comes through ``interfaces.History``, and streams subscribe to it.
 """

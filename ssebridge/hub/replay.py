@@ -1,0 +1,137 @@
+"""Reading a channel's history for the group: replays for resuming clients, and catch-ups.
+
+``HistoryReplay`` is the half of ``ssebridge.hub.channels.ChannelGroup`` that talks to its ``History``:
+what a resuming subscriber missed (``replay``, the channel's ``Replayer``), what the channel itself
+missed after a reconnect or a hole in the ids (``_catch_up``), and the newest id of a channel just
+subscribed (``_learn_last_id``). Replays are read a page at a time; the events of one read, and their
+frame, are made once for every client that shares the read.
+"""
+
+from __future__ import annotations
+
+from twisted.internet.defer import Deferred
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from ssebridge.hub.channel import Channel, frame_events
+from ssebridge.hub.stats import Stats
+from ssebridge.interfaces import History, Replay, Subscriber
+from ssebridge.logs import printable
+from ssebridge.publish.envelope import Envelope, EventId
+
+__all__ = ["MAX_REPLAY_PAGES", "HistoryReplay"]
+
+log = Logger()
+
+#: Reads of ``replay_limit`` events at most, for one replay: past them, a ``"truncated"`` gap.
+MAX_REPLAY_PAGES = 10
+
+
+class HistoryReplay:
+    """The group's reads of its history (a mixin: the group sets the attributes below)."""
+
+    history: History | None
+    replay_limit: int
+    stats: Stats
+    _memo: tuple[object, list[Envelope], bytes] | None
+
+    # History.
+
+    def _learn_last_id(self, ch: Channel) -> None:
+        assert self.history is not None
+
+        def learned(last: EventId | None) -> None:
+            if ch.last_id is None:
+                ch.last_id = last
+
+        def failed(failure: Failure) -> None:
+            log.info(
+                "history of {channel} not read ({why}); ids resume from the next event",
+                channel=printable(ch.name),
+                why=failure.getErrorMessage(),
+            )
+
+        self.history.current_id(ch.name).addCallbacks(learned, failed)
+
+    def read_all(
+        self, channel: bytes, position: EventId
+    ) -> Deferred[tuple[list[Envelope], str | None, bytes]]:
+        """Every event after ``position`` that history holds, a page of ``replay_limit`` at a time, up to
+        ``MAX_REPLAY_PAGES`` pages (past them: a ``"truncated"`` gap): the events, the gap, their frame."""
+        assert self.history is not None
+        history = self.history
+        return Deferred.fromCoroutine(self._read_all(history, channel, position))
+
+    async def _read_all(
+        self, history: History, channel: bytes, position: EventId
+    ) -> tuple[list[Envelope], str | None, bytes]:
+        events: list[Envelope] = []
+        first_gap: str | None = None
+        for page in range(MAX_REPLAY_PAGES):
+            replay = await history.read_after(channel, position, self.replay_limit)
+            converted = self._convert(replay)
+            if page == 0 and replay.gap != "truncated":
+                first_gap = replay.gap
+            events.extend(converted[0])
+            if not replay.more or not converted[0]:
+                if page == 0:
+                    return converted[0], first_gap, converted[1]
+                return events, first_gap, frame_events(events)
+            position = events[-1].id
+        return events, first_gap or "truncated", frame_events(events)
+
+    def _convert(self, replay: Replay) -> tuple[list[Envelope], bytes]:
+        memo = self._memo
+        if memo is not None and memo[0] is replay:
+            return memo[1], memo[2]
+        events = [Envelope(e.id, None, e.event, e.retry, e.data) for e in replay.events]
+        frame = frame_events(events)
+        self._memo = (replay, events, frame)
+        return events, frame
+
+    def replay(self, channel: Channel, subscriber: Subscriber, position: EventId | None) -> None:
+        """Replayer: read history after ``position`` for one resuming subscriber."""
+        if position is None:
+            channel.replayed(subscriber, [], "unknown")
+            return
+        if self.history is None:
+            channel.replayed(subscriber, [], "unavailable")
+            return
+        d = self.read_all(channel.name, position)
+        d.addCallbacks(
+            lambda found: channel.replayed(subscriber, found[0], found[1], found[2]),
+            lambda failure: self._replay_failed(channel, subscriber, failure),
+        )
+
+    def _replay_failed(self, channel: Channel, subscriber: Subscriber, failure: Failure) -> None:
+        log.warn(
+            "history of {channel} not read for a resuming client ({why})",
+            channel=printable(channel.name),
+            why=failure.getErrorMessage(),
+        )
+        channel.replayed(subscriber, [], "unavailable")
+
+    def _catch_up(self, ch: Channel) -> None:
+        """Read what ``ch`` missed since its last id; deliver it, then what was held meanwhile."""
+        last = ch.last_id
+        if last is None or self.history is None:
+            ch.release([])
+            return
+        self.stats.catch_ups += 1
+
+        def found(result: tuple[list[Envelope], str | None, bytes]) -> None:
+            events, reason, _ = result
+            if reason is not None:
+                ch.send_gap(reason)
+            ch.release(events)
+
+        def failed(failure: Failure) -> None:
+            log.warn(
+                "catching {channel} up from history failed ({why}); its streams are told of a gap",
+                channel=printable(ch.name),
+                why=failure.getErrorMessage(),
+            )
+            ch.send_gap("unavailable")
+            ch.release([])
+
+        self.read_all(ch.name, last).addCallbacks(found, failed)
