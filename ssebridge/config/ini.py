@@ -15,12 +15,14 @@ warning with its file and line.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Callable
 from pathlib import Path
 
 from ssebridge.config.builder import ConfigBuilder, mule_from_script, static_map
 from ssebridge.config.endpoint import listen_endpoint
+from ssebridge.config.exposure import check_open_routes
 from ssebridge.config.settings import SETTINGS_BY_INI, setting_from_text
 from ssebridge.routing.rules import RULE_KINDS, RuleError, RuleKind, with_allow
 
@@ -32,6 +34,11 @@ LISTEN_KEYS = frozenset(["http-socket", "http", "listen"])
 IGNORED_KEYS = frozenset(["plugin", "plugins"])
 
 _KINDS: dict[str, RuleKind] = {kind: kind for kind in RULE_KINDS}
+#: ``route-public`` values, spelled as uWSGI spells its booleans.
+_PUBLIC = {
+    **dict.fromkeys(("true", "1", "yes", "on"), True),
+    **dict.fromkeys(("false", "0", "no", "off"), False),
+}
 _MAGIC = re.compile(r"%([dpn%])")
 _SHOWN = 80
 
@@ -88,6 +95,7 @@ def parse(text: str, builder: ConfigBuilder, config: Path) -> None:
             builder.unknown(number, key)
     if not found:
         raise builder.error(None, "no [uwsgi] section")
+    check_open_routes(builder, "ini")
 
 
 def _handlers(builder: ConfigBuilder) -> dict[str, Callable[[str, str, int], None]]:
@@ -109,6 +117,14 @@ def _handlers(builder: ConfigBuilder) -> dict[str, Callable[[str, str, int], Non
             builder.rules[-1] = with_allow(builder.rules[-1], value)
         except RuleError as e:
             raise builder.error(line, f"{key}: {e}") from None
+
+    def route_public(key: str, value: str, line: int) -> None:
+        if not builder.rules:
+            raise builder.error(line, f"{key} must follow the rule it applies to")
+        flag = _PUBLIC.get(value.strip().lower())
+        if flag is None:
+            raise builder.error(line, f"{key}: expected true or false, not {_shorten(value)!r}")
+        builder.rules[-1] = dataclasses.replace(builder.rules[-1], public=flag)
 
     def static(key: str, value: str, line: int) -> None:
         prefix, eq, path = value.partition("=")
@@ -152,6 +168,7 @@ def _handlers(builder: ConfigBuilder) -> dict[str, Callable[[str, str, int], Non
     handlers["collect-header"] = header
     handlers["pull-header"] = header
     handlers["route-allow"] = route_allow
+    handlers["route-public"] = route_public
     handlers["static-map"] = static
     handlers["mule"] = mule
     return handlers

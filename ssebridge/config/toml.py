@@ -9,6 +9,8 @@ Schema (every key optional; docs/configuration.md has the full reference)::
     match = '^/events/(?P<channel>[a-z0-9]+)$'   # or match_uri, match_qs, match_host,
     action = "sse:${channel}"                    #    if, if_not, final_if, final_if_not
     allow = '[a-z0-9]{1,32}'                     # optional
+    public = true                                # optional: required beside an app when the
+                                                 #   channel comes from the request and no allow
     # instead of action: channel = "...", mode = "sse", server = "...", buffer_size = 8192,
     #   channels = ["user-${1}", "news"], patterns = ["room.*"], name_events = true
 
@@ -26,6 +28,7 @@ the nearest table or the file alone.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import tomllib
 from collections.abc import Mapping
@@ -33,6 +36,7 @@ from typing import Any
 
 from ssebridge.config.builder import ConfigBuilder, mule_from_command, mule_from_script, static_map
 from ssebridge.config.endpoint import listen_endpoint
+from ssebridge.config.exposure import check_open_routes
 from ssebridge.config.settings import SETTINGS_BY_TOML, setting_from_value, type_name
 from ssebridge.routing.rules import Action, RuleError, RuleKind, make_rule, parse_action
 
@@ -51,7 +55,7 @@ MATCH_KEYS: Mapping[str, RuleKind] = {
 }
 #: The keys of the structured form of an action (instead of ``action = "sse:..."``).
 ACTION_FIELDS = ("channel", "channels", "patterns", "name_events", "mode", "server", "buffer_size")
-_ROUTE_KEYS = frozenset([*MATCH_KEYS, "action", "allow", *ACTION_FIELDS])
+_ROUTE_KEYS = frozenset([*MATCH_KEYS, "action", "allow", "public", *ACTION_FIELDS])
 _STATIC_KEYS = frozenset(["prefix", "path"])
 _MULE_KEYS = frozenset(["command", "script", "cwd"])
 
@@ -139,6 +143,7 @@ def parse(text: str, builder: ConfigBuilder) -> None:
             problem += " (this looks like a uWSGI ini file: name it .ini)"
         raise builder.error(line, f"TOML: {problem}") from None
     _Reader(builder, _Lines(text)).read(data)
+    check_open_routes(builder, "toml")
 
 
 class _Reader:
@@ -236,12 +241,17 @@ class _Reader:
         assert matcher is not None
         action = self.action(table, where)
         allow = self.string(table, "allow", where, required=False)
+        public = table.get("public", False)
+        if not isinstance(public, bool):
+            raise self.builder.error(
+                self.lines.line(where, "public"), f"public must be true or false, not {type_name(public)}"
+            )
         kind = MATCH_KEYS[match_key]
         try:
             rule = make_rule(kind, matcher, action, allow=allow)
         except RuleError as e:
             raise self.builder.error(self.lines.line(where, match_key), f"route: {e}") from None
-        self.builder.add_parsed_rule(rule, header)
+        self.builder.add_parsed_rule(dataclasses.replace(rule, public=public), header)
 
     def action(self, table: Mapping[str, Any], where: _Table) -> Action:
         structured = [k for k in ACTION_FIELDS if k in table]

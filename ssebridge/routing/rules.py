@@ -105,7 +105,9 @@ class Rule:
     """One routing rule. ``pattern`` is set for the ``route*`` kinds; ``condition`` for the ``*-if*`` kinds.
 
     ``allow``, when set, is a regex the substituted channel must match in full: the last word on what a
-    client may subscribe to when the channel comes from the request.
+    client may subscribe to when the channel comes from the request. ``public`` says that every channel
+    the rule can name is meant for anyone: without it (or ``allow``), a rule whose channel comes from the
+    request is a config error beside an upstream app (``ssebridge.config.exposure``).
     """
 
     kind: RuleKind
@@ -114,6 +116,7 @@ class Rule:
     condition: Condition | None = None
     text: str = ""
     allow: re.Pattern[str] | None = None
+    public: bool = False
 
 
 def _check_kind(kind: str) -> RuleKind:

@@ -53,6 +53,7 @@ http-socket = 127.0.0.1:{port}
 redis = {redis}
 wsgi-file = {apps}/governed.py
 route = ^/events/(.+)$ sse:$1
+route-public = true
 """
 
 
@@ -145,7 +146,7 @@ async def test_no_factory_chatter(run_bridge: RunBridge, redis: RedisProcess, ev
     try:
         config = (
             "[uwsgi]\nhttp-socket = 127.0.0.1:{port}\nredis = {redis}\nroute = ^/events/(.+)$ sse:$1\n"
-            f"proxy = http://127.0.0.1:{app.getHost().port}\n"
+            f"route-public = true\nproxy = http://127.0.0.1:{app.getHost().port}\n"
         )
         port = port_of(await run_bridge(config))
         stream = await connect_sse(reactor, "127.0.0.1", port, b"/events/news")

@@ -23,8 +23,11 @@ wsgi-file = {apps}/channels.py
 collect-header = X-Chan CHAN
 final-route-if-not = empty:${{CHAN}} sse:${{CHAN}}
 route = ^/q$ sse:u-${{qs[ch]}}
+route-public = true
 route = ^/h$ sse:u-${{HTTP_X_USER}}
+route-public = true
 route = ^/p/(.+)$ sse:u-$1
+route-public = true
 """
 
 ZOE_UTF8 = "user-Zoé".encode()  # b"user-Zo\xc3\xa9"

@@ -73,7 +73,7 @@ async def bridge_with(run_bridge: RunBridge, upstream: RawUpstream, extra: str =
     service = await run_bridge(
         "[uwsgi]\nhttp-socket = 127.0.0.1:{port}\nredis = {redis}\n"
         f"proxy = http://127.0.0.1:{upstream.port}\n"  # type: ignore[attr-defined]
-        "route = ^/events/(.+)$ sse:$1\n" + extra
+        "route = ^/events/(.+)$ sse:$1\nroute-public = true\n" + extra
     )
     return port_of(service)
 

@@ -124,7 +124,8 @@ async def test_body_with_no_reader_is_refused_before_it_is_read(
 
     upstream = await run_bridge(
         "[uwsgi]\nhttp-socket = 127.0.0.1:{port}\nredis = {redis}\n"
-        f"wsgi-file = {echo_app}\nroute = ^/events/(.+)$ sse:$1\nmetrics-path = /metrics\n"
+        f"wsgi-file = {echo_app}\nroute = ^/events/(.+)$ sse:$1\nroute-public = true\n"
+        "metrics-path = /metrics\n"
     )
     port = port_of(upstream)
     for path in ("/events/x", "/metrics", "/readyz"):
