@@ -42,7 +42,7 @@ setup(
             "redis>=5.0",
         ],
     },
-    entry_points={"console_scripts": []},
+    entry_points={"console_scripts": ["ssebridge = ssebridge.runtime.command:main"]},
     classifiers=[
         "Framework :: Twisted",
         "Programming Language :: Python :: 3",

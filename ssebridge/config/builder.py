@@ -7,16 +7,17 @@ spans several keys and makes the frozen ``Config``.
 
 from __future__ import annotations
 
+import difflib
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from ssebridge.config import defaults
 from ssebridge.config.endpoint import POOLED_KINDS, parse_endpoint
 from ssebridge.config.schema import Config, ConfigError, MuleSpec, StaticMap
-from ssebridge.config.settings import Setting, header_mapping
+from ssebridge.config.settings import SETTINGS, Setting, header_mapping
 from ssebridge.routing.rules import Rule, RuleError, RuleKind, parse_rule
 
 __all__ = ["INTERPRETERS", "ConfigBuilder", "mule_from_command", "mule_from_script", "static_map"]
@@ -91,6 +92,29 @@ def static_map(prefix: str, path: str, base: Path) -> StaticMap:
 
 # Building a Config.
 
+_BY_FIELD = {s.field: s for s in SETTINGS}
+#: How close an unknown key must be to a known one to be suggested (difflib's ratio; a letter
+#: missing from ``metrics_listen`` scores 0.96, ``processes`` against ``proxy`` 0.43).
+_SUGGEST_CUTOFF = 0.75
+
+
+def suggestion(key: str, known: Iterable[str]) -> str | None:
+    """The known key ``key`` is most likely a misspelling of, or ``None``."""
+    close = difflib.get_close_matches(key, sorted(set(known)), n=1, cutoff=_SUGGEST_CUTOFF)
+    return close[0] if close else None
+
+
+class _Unknown:
+    """An unknown key: a warning unless ``strict``, then an error (decided once the whole file is read,
+    since ``strict = true`` may come after the key)."""
+
+    __slots__ = ("error", "line", "warning")
+
+    def __init__(self, line: int | None, warning: str, error: str) -> None:
+        self.line = line
+        self.warning = warning
+        self.error = error
+
 
 class ConfigBuilder:
     """What a parser has read so far, with where each value came from; ``build()`` makes the ``Config``."""
@@ -111,10 +135,21 @@ class ConfigBuilder:
         self.collect_headers: list[tuple[str, str]] = []
         self.pull_headers: list[tuple[str, str]] = []
         self.warnings: list[str] = []
+        #: The line of each warning (same order), so a report can list warnings and errors together.
+        self.warning_lines: list[int | None] = []
         self._set_at: dict[str, int | None] = {}
         #: In checking mode (``check_config``) problems are collected here instead of raised.
         self.collecting = False
         self.problems: list[ConfigError] = []
+        #: Which syntax is being read: messages name keys as that syntax spells them.
+        self.syntax: Literal["ini", "toml"] = "toml"
+        #: The top-level keys the syntax knows, for "did you mean" (set by the parser).
+        self.known_keys: Iterable[str] = ()
+        #: Unknown keys are errors (``--strict``); the ``strict`` setting does the same from the file.
+        self.strict = False
+        #: Unknown keys seen, each also a warning (by its index in ``warnings``) until ``cross_check``.
+        self._unknowns: list[tuple[int, _Unknown]] = []
+        self._cross_checked = False
 
     def attempt(self, step: Callable[..., None], *args: Any) -> None:
         """Run one independent step of parsing: in checking mode a problem is noted and parsing goes on
@@ -134,9 +169,36 @@ class ConfigBuilder:
 
     def warn(self, line: int | None, note: str) -> None:
         self.warnings.append(f"{self.where(line)}: {note}")
+        self.warning_lines.append(line)
 
-    def unknown(self, line: int | None, key: str) -> None:
-        self.warn(line, f"unknown key {key!r} ignored")
+    def key(self, field: str) -> str:
+        """The name of a ``Config`` field's key in the syntax being read (``wsgi`` in TOML is
+        ``module`` in ini; ``wsgi_file`` is ``wsgi-file``). Messages may also name a key with ``_``
+        in ini, where ``_`` and ``-`` are the same."""
+        setting = _BY_FIELD.get(field)
+        if setting is not None:
+            return setting.toml if self.syntax == "toml" else setting.ini[0]
+        return field if self.syntax == "toml" else field.replace("_", "-")
+
+    def rule_key(self, kind: RuleKind) -> str:
+        """How a rule is named in messages: its ini key, or the TOML table it was read from."""
+        return kind if self.syntax == "ini" else "route"
+
+    def unknown(
+        self, line: int | None, key: str, known: Iterable[str] | None = None, where: str = ""
+    ) -> None:
+        """An unknown key (``where``: the table it is in): a warning naming the key it may be a
+        misspelling of; an error with ``strict``."""
+        name = key.replace("_", "-") if self.syntax == "ini" else key
+        close = suggestion(name, self.known_keys if known is None else known)
+        hint = f"; did you mean {close!r}?" if close is not None else ""
+        entry = _Unknown(
+            line,
+            f"unknown key {key!r}{where} ignored{hint}",
+            f"unknown key {key!r}{where}{hint} (strict: unknown keys are errors)",
+        )
+        self._unknowns.append((len(self.warnings), entry))
+        self.warn(line, entry.warning)
 
     def set(self, setting: Setting, value: Any, line: int | None, key: str) -> None:
         """Store a checked setting; a repeated one replaces the earlier value (as in uWSGI), noted."""
@@ -176,13 +238,37 @@ class ConfigBuilder:
             raise self.error(line, f"{key}: {e}") from None
         (self.pull_headers if pull else self.collect_headers).append(mapping)
 
-    def build(self, source: str) -> Config:
-        listen = tuple(self.listen) if self.listen else (defaults.LISTEN,)
+    def cross_check(self) -> None:
+        """The checks that span several keys, each on its own: in checking mode every problem is
+        collected, whatever else is wrong with the file; otherwise the first is raised. Unknown keys
+        become errors here when strict. Runs once."""
+        if self._cross_checked:
+            return
+        self._cross_checked = True
+        self._settle_unknowns()
+        self.attempt(self._check_upstreams)
+        self._check_workers()
+        self._check_channels()
+
+    def _settle_unknowns(self) -> None:
+        if not (self.strict or self.values.get("strict", defaults.STRICT)):
+            return
+        # Drop their warnings (from the last, so the indexes hold), then report each as an error.
+        for index, _ in reversed(self._unknowns):
+            del self.warnings[index]
+            del self.warning_lines[index]
+        for _, entry in self._unknowns:
+            self.attempt(self._raise, entry.line, entry.error)
+
+    def _raise(self, line: int | None, problem: str) -> None:
+        raise self.error(line, problem)
+
+    def _check_upstreams(self) -> None:
         upstreams = [
-            name
-            for name, present in (
-                ("wsgi-file", self.wsgi_file is not None),
-                ("module", bool(self.values.get("wsgi_module"))),
+            self.key(field)
+            for field, present in (
+                ("wsgi_file", self.wsgi_file is not None),
+                ("wsgi_module", bool(self.values.get("wsgi_module"))),
                 ("proxy", bool(self.values.get("proxy"))),
             )
             if present
@@ -190,8 +276,12 @@ class ConfigBuilder:
         if len(upstreams) > 1:
             line = self._set_at.get("proxy", self._set_at.get("wsgi_module"))
             raise self.error(line, f"choose one upstream app, not {' and '.join(upstreams)}")
-        self._check_workers()
-        self._check_channels()
+
+    def build(self, source: str) -> Config:
+        listen = tuple(self.listen) if self.listen else (defaults.LISTEN,)
+        self.cross_check()
+        if self.problems:
+            raise self.problems[0]
         return Config(
             wsgi_file=self.wsgi_file,
             collect_headers=tuple(self.collect_headers),
@@ -214,9 +304,11 @@ class ConfigBuilder:
         for rule, line in zip(self.rules, self.rule_lines, strict=True):
             count = rule.action.subscriptions
             if count > cap:
-                raise self.error(
+                self.attempt(
+                    self._raise,
                     line,
-                    f"{rule.kind}: {count} channels and patterns, more than max_channels = {cap}{setting}",
+                    f"{self.rule_key(rule.kind)}: {count} channels and patterns, more than "
+                    f"max_channels = {cap}{setting}",
                 )
 
     def _check_workers(self) -> None:
@@ -229,7 +321,8 @@ class ConfigBuilder:
         for endpoint, (line, key) in zip(self.listen, self.listen_at, strict=True):
             kind = parse_endpoint(endpoint).kind
             if kind not in POOLED_KINDS:
-                raise self.error(
+                self.attempt(
+                    self._raise,
                     line,
                     f"{key}: workers cannot share a '{kind}' listener (workers = {workers}"
                     f"{f' on line {where}' if where is not None else ''}); terminate TLS in front",
@@ -239,7 +332,9 @@ class ConfigBuilder:
             try:
                 parse_endpoint(metrics).for_worker(workers - 1)
             except ValueError as e:
-                raise self.error(
+                self.attempt(
+                    self._raise,
                     self._set_at.get("metrics_listen"),
-                    f"metrics_listen: {e} (worker i listens on the port plus i; workers = {workers})",
-                ) from None
+                    f"metrics_listen: {e} (worker i listens on the port plus i; "
+                    f"workers = {workers})",
+                )

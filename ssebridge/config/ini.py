@@ -60,13 +60,17 @@ def parse(text: str, builder: ConfigBuilder, config: Path) -> None:
     found = False
     noted_sections: set[str] = set()
     handlers = _handlers(builder)
+    builder.known_keys = [*handlers, *IGNORED_KEYS]
     for number, raw in enumerate(text.split("\n"), start=1):
         line = raw.strip()
         if not line or line[0] in ";#":
             continue
         if line.startswith("["):
             if not line.endswith("]") or len(line) < 3:
-                raise builder.error(number, f"bad section header {_shorten(line)!r}")
+                # Checking goes on (with the keys below it ignored), so the rest is still reported.
+                builder.attempt(_refuse, builder.error(number, f"bad section header {_shorten(line)!r}"))
+                section = "?"
+                continue
             section = line[1:-1].strip()
             found = found or section == "uwsgi"
             continue
@@ -94,8 +98,12 @@ def parse(text: str, builder: ConfigBuilder, config: Path) -> None:
         else:
             builder.unknown(number, key)
     if not found:
-        raise builder.error(None, "no [uwsgi] section")
+        builder.attempt(_refuse, builder.error(None, "no [uwsgi] section"))
     check_open_routes(builder, "ini")
+
+
+def _refuse(error: Exception) -> None:
+    raise error
 
 
 def _handlers(builder: ConfigBuilder) -> dict[str, Callable[[str, str, int], None]]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from ssebridge.config import defaults
@@ -18,7 +19,15 @@ from ssebridge.config.toml import parse as parse_toml
 from ssebridge.redis.address import DEFAULT_SERVER
 from ssebridge.routing.rules import parse_rule
 
-__all__ = ["check_config", "default_config", "first_section", "load_config"]
+__all__ = [
+    "CheckReport",
+    "Note",
+    "check_config",
+    "check_report",
+    "default_config",
+    "first_section",
+    "load_config",
+]
 
 
 def _decode(data: bytes, file: str) -> str:
@@ -44,31 +53,74 @@ def first_section(text: str) -> str | None:
     return None
 
 
-def check_config(path: str | Path) -> tuple[Config | None, list[ConfigError]]:
+@dataclass(frozen=True)
+class Note:
+    """One line of a check's report: an error or a warning, with where it is."""
+
+    file: str
+    line: int | None
+    text: str
+    error: bool
+
+    def __str__(self) -> str:
+        where = f"{self.file}:{self.line}" if self.line is not None else self.file
+        return f"{where}: {self.text}"
+
+
+@dataclass(frozen=True)
+class CheckReport:
+    """What ``check_report`` found: the config when it is sound, and every error and warning."""
+
+    config: Config | None
+    errors: list[ConfigError] = field(default_factory=list)
+    warnings: list[Note] = field(default_factory=list)
+
+    def notes(self) -> list[Note]:
+        """Errors and warnings together, in file order (a problem with no line last), errors first
+        on a line."""
+        notes = [Note(e.file, e.line, e.problem, True) for e in self.errors] + self.warnings
+        return sorted(notes, key=lambda n: (n.line is None, n.line or 0, not n.error))
+
+
+def check_report(path: str | Path, strict: bool = False) -> CheckReport:
     """Load a config the way ``load_config`` does, but collect every problem instead of stopping at
-    the first: ``(config, [])`` when it is sound, ``(None, problems)`` otherwise."""
+    the first, the checks that span several keys (two upstream apps, a listener workers cannot
+    share...) included, and keep the warnings beside the errors. ``strict``: unknown keys are errors."""
     try:
-        builder = _parse(path, collecting=True)
+        builder = _parse(path, collecting=True, strict=strict)
     except ConfigError as e:
-        return None, [e]
+        return CheckReport(None, [e])
+    builder.cross_check()
+    warnings = [
+        Note(builder.file, line, text.removeprefix(builder.where(line) + ": "), False)
+        for text, line in zip(builder.warnings, builder.warning_lines, strict=True)
+    ]
     if builder.problems:
-        return None, builder.problems
+        return CheckReport(None, list(builder.problems), warnings)
     try:
-        return builder.build(str(path)), []
+        return CheckReport(builder.build(str(path)), [], warnings)
     except ConfigError as e:
-        return None, [e]
+        return CheckReport(None, [e], warnings)
 
 
-def load_config(path: str | Path) -> Config:
+def check_config(path: str | Path, strict: bool = False) -> tuple[Config | None, list[ConfigError]]:
+    """``check_report`` without the warnings: ``(config, [])`` when it is sound, ``(None, problems)``
+    otherwise."""
+    report = check_report(path, strict)
+    return report.config, report.errors
+
+
+def load_config(path: str | Path, strict: bool = False) -> Config:
     """Load a ``.toml`` or uWSGI ``.ini`` file; raise ``ConfigError``.
 
     The syntax is chosen by the suffix; any other name is sniffed: a file whose first section is
-    ``[uwsgi]`` is ini, anything else TOML.
+    ``[uwsgi]`` is ini, anything else TOML. ``strict`` (or ``strict = true`` in the file): an unknown
+    key is an error, not a warning.
     """
-    return _parse(path).build(str(path))
+    return _parse(path, strict=strict).build(str(path))
 
 
-def _parse(path: str | Path, collecting: bool = False) -> ConfigBuilder:
+def _parse(path: str | Path, collecting: bool = False, strict: bool = False) -> ConfigBuilder:
     file = str(path)
     p = Path(path)
     try:
@@ -80,9 +132,12 @@ def _parse(path: str | Path, collecting: bool = False) -> ConfigBuilder:
     suffix = p.suffix.lower()
     builder = ConfigBuilder(file, base)
     builder.collecting = collecting
+    builder.strict = strict
     if suffix == ".ini" or (suffix != ".toml" and first_section(text) == "uwsgi"):
+        builder.syntax = "ini"
         parse_ini(text, builder, p.absolute())
     else:
+        builder.syntax = "toml"
         parse_toml(text, builder)
     return builder
 

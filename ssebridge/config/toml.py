@@ -57,6 +57,8 @@ MATCH_KEYS: Mapping[str, RuleKind] = {
 ACTION_FIELDS = ("channel", "channels", "patterns", "name_events", "mode", "server", "buffer_size")
 _ROUTE_KEYS = frozenset([*MATCH_KEYS, "action", "allow", "public", *ACTION_FIELDS])
 _STATIC_KEYS = frozenset(["prefix", "path"])
+#: The top-level keys that are not scalar settings.
+TOP_KEYS = ("listen", "wsgi_file", "collect_header", "pull_header", "route", "static", "mule")
 _MULE_KEYS = frozenset(["command", "script", "cwd"])
 
 _Table = tuple[str, int | None] | None
@@ -152,6 +154,7 @@ class _Reader:
         self.lines = lines
 
     def read(self, data: Mapping[str, Any]) -> None:
+        self.builder.known_keys = [*SETTINGS_BY_TOML, *TOP_KEYS]
         for key, value in data.items():
             self.builder.attempt(self.entry, key, value)
 
@@ -209,9 +212,7 @@ class _Reader:
         assert where is not None
         for key in table:
             if key not in known:
-                self.builder.warn(
-                    self.lines.line(where, key), f"unknown key {key!r} in [[{where[0]}]] ignored"
-                )
+                self.builder.unknown(self.lines.line(where, key), key, known, f" in [[{where[0]}]]")
 
     def string(self, table: Mapping[str, Any], key: str, where: _Table, required: bool = True) -> str | None:
         value = table.get(key)

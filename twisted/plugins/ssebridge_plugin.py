@@ -11,13 +11,24 @@ from zope.interface import implementer
 
 
 class Options(usage.Options):
-    synopsis = "[--config FILE] [--check]"
+    synopsis = "[--config FILE] [--check] [--strict]"
     longdesc = (
         "Bridge Redis pub/sub channels to Server-Sent Events clients. Without --config, runs the built-in "
         "default: 127.0.0.1:9090, Redis at 127.0.0.1:6379, /events/<channel>, and the /clock demo."
     )
     optParameters = [["config", "c", None, "configuration file (.toml, or a uWSGI .ini)"]]
-    optFlags = [["check", None, "validate the configuration, bind nothing, exit 0 if sound, else 1"]]
+    optFlags = [
+        ["check", None, "validate the configuration, bind nothing, exit 0 if sound, else 1"],
+        ["strict", None, "unknown keys in the configuration are errors, not warnings"],
+    ]
+
+    def postOptions(self) -> None:
+        # Checked here, while twistd parses its options: before it looks at its pidfile, which would
+        # refuse a check beside a running instance ("Another twistd server is running").
+        if self["check"]:
+            from ssebridge.runtime.command import check_command
+
+            raise SystemExit(check_command(self["config"], bool(self["strict"])))
 
 
 @implementer(IServiceMaker, IPlugin)
