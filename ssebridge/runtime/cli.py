@@ -8,7 +8,10 @@ from typing import Any
 
 from twisted.application.service import Service
 
-from ssebridge.config.model import ConfigError, default_config, load_config
+from ssebridge.config.model import Config, ConfigError, check_config, default_config, load_config
+from ssebridge.runtime.control import Control
+from ssebridge.runtime.handoff import Sockets, inherited_sockets
+from ssebridge.runtime.pool import WorkerPool
 from ssebridge.runtime.service import BridgeService
 
 
@@ -16,24 +19,40 @@ def make_service(options: Mapping[str, Any]) -> Service:
     """Build the service for ``twistd ssebridge``; exit with status 2 and one line on a config error.
 
     With ``workers`` above 1 the service is the parent of a worker pool; otherwise the bridge itself.
+    Either way SIGHUP reloads and SIGUSR2 upgrades (``ssebridge.runtime.control``).
     """
     path = options.get("config")
     if options.get("check"):
-        raise SystemExit(check(path, bool(options.get("strict"))))
+        raise SystemExit(check(path))
     try:
-        config = load_config(path, strict=bool(options.get("strict"))) if path else default_config()
+        config = load_config(path) if path else default_config()
     except ConfigError as e:
         sys.stderr.write(f"ssebridge: {e}\n")
         raise SystemExit(2) from None
-    if config.workers > 1:
-        from ssebridge.runtime.pool import WorkerPool
+    try:
+        inherited = inherited_sockets()
+    except (ValueError, OSError) as e:
+        sys.stderr.write(f"ssebridge: the sockets passed by the previous process: {e}\n")
+        raise SystemExit(2) from None
+    service = _build(config, path, inherited)
+    control = Control(service, path)
+    from twisted.internet import reactor
+
+    reactor.callWhenRunning(control.install)
+    return service
+
+
+def _build(config: Config, path: str | None, inherited: Sockets | None) -> Service:
+    """A pool for ``workers`` above 1 and for any process an upgrade started (it keeps the sockets
+    it was given for the next reload); else the bridge itself, in this process."""
+    if config.workers > 1 or inherited is not None:
         from ssebridge.upstream.factory import load_app
 
         try:
             # Each worker loads the app itself; loading it here first refuses a broken one with one
             # line, instead of workers failing and being restarted forever.
             load_app(config)
-            return WorkerPool(config, path, config.workers)
+            return WorkerPool(config, path, config.workers, inherited=inherited)
         except ValueError as e:
             sys.stderr.write(f"ssebridge: {config.source}: {e}\n")
             raise SystemExit(2) from None
@@ -45,8 +64,19 @@ def make_service(options: Mapping[str, Any]) -> Service:
         raise SystemExit(2) from None
 
 
-def check(path: str | None, strict: bool = False) -> int:
-    """``--check``: every error and warning of the config, in file order; 0 if sound, else 1."""
-    from ssebridge.runtime.command import check_command
-
-    return check_command(path, strict)
+def check(path: str | None) -> int:
+    """``--check``: report every problem of the config (one line each) and its warnings; 0 if sound."""
+    if not path:
+        default_config()
+        sys.stdout.write("ssebridge: the built-in default config is sound\n")
+        return 0
+    config, problems = check_config(path)
+    for problem in problems:
+        sys.stderr.write(f"ssebridge: {problem}\n")
+    if config is None:
+        sys.stderr.write(f"ssebridge: {path}: {len(problems)} problem(s)\n")
+        return 1
+    for warning in config.warnings:
+        sys.stdout.write(f"ssebridge: warning: {warning}\n")
+    sys.stdout.write(f"ssebridge: {path} is sound\n")
+    return 0

@@ -126,6 +126,30 @@ def open_listener(spec: ListenSpec) -> socket.socket:
     return sock
 
 
+def same_address(sock: socket.socket, spec: ListenSpec) -> bool:
+    """Whether ``sock`` (handed over by a previous process) listens where ``spec`` says."""
+    if spec.inherited_fd is not None:
+        return bool(sock.family == spec.family)
+    if sock.family != spec.family:
+        return False
+    try:
+        name = sock.getsockname()
+    except OSError:
+        return False
+    if spec.family == socket.AF_UNIX:
+        return bool(name == spec.address)
+    host, port = spec.address
+    # getsockname() gives the numeric form ('::' may read '::'; an IPv6 name has 4 fields).
+    return bool(name[1] == port and _numeric(spec.family, host) == _numeric(spec.family, name[0]))
+
+
+def _numeric(family: int, host: str) -> str:
+    try:
+        return socket.inet_ntop(family, socket.inet_pton(family, host))
+    except OSError:
+        return host
+
+
 def with_backlog(description: str) -> str:
     """Add a deep listen backlog (``defaults.BACKLOG``) to an endpoint string that names none."""
     endpoint = parse_endpoint(description)

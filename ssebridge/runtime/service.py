@@ -32,6 +32,11 @@ from ssebridge.upstream.factory import build_upstream
 
 log = Logger()
 
+#: A replacing worker retries its metrics port every METRICS_RETRY seconds, METRICS_TRIES times.
+METRICS_RETRY = 0.25
+METRICS_TRIES = 400
+
+
 class BridgeService(MultiService):
     """One bridge process: listens, routes, streams; started and stopped as one Twisted service."""
 
@@ -98,9 +103,14 @@ class BridgeService(MultiService):
                 access_log=config.access_log,
             )
         self.ports: list[IListeningPort] = []
+        #: The ``listen`` ports (not metrics), in order: what a hand-over passes to a new process.
+        self.listener_ports: list[Any] = []
         #: Address families of listening sockets inherited at fds 3, 4... (a worker of a pool).
         self.inherited = tuple(inherited)
         self.worker_index: int | None = None
+        #: A worker replacing another (reload, upgrade): the metrics port may still be the other's for
+        #: a few seconds, so it is retried in the background instead of failing the start.
+        self.metrics_wait = False
         #: Set when starting failed (the process then exits with status 1).
         self.start_failed = False
         if run_mules:
@@ -150,17 +160,42 @@ class BridgeService(MultiService):
         else:
             for description in self.config.listen:
                 self.ports.append(await listen(self.reactor, description, self.site, "listen"))
+        self.listener_ports = list(self.ports)
         if self.metrics_site is not None:
             description = self.config.metrics_listen
             if self.worker_index is not None:
                 description = per_worker_endpoint(description, self.worker_index)
-            self.ports.append(await listen(self.reactor, description, self.metrics_site, "metrics_listen"))
+            if self.metrics_wait:
+                # Tried once running (so a stop meanwhile is seen), then retried until it is free.
+                self.reactor.callLater(0, self._listen_metrics_when_free, description)
+            else:
+                port = await listen(self.reactor, description, self.metrics_site, "metrics_listen")
+                self.ports.append(port)
         for port in self.ports:
             log.info("listening on {address}", address=str(port.getHost()))
         self.bridge.start_heartbeat(self.config.heartbeat)
         super().startService()  # type: ignore[no-untyped-call]
         if self.worker_index is None:
             notify(f"READY=1\nSTATUS=listening on {len(self.ports)} sockets\nMAINPID={os.getpid()}")
+
+    def _listen_metrics_when_free(self, description: str, tries: int = 0) -> None:
+        assert self.metrics_site is not None
+
+        def listening(port: IListeningPort) -> None:
+            if not self.running:
+                port.stopListening()
+                return
+            self.ports.append(port)
+            log.info("listening on {address}", address=str(port.getHost()))
+
+        def busy(failure: Failure) -> None:
+            if not failure.check(CannotListenError) or tries >= METRICS_TRIES or not self.running:
+                log.error("metrics_listen: {error}", error=failure.getErrorMessage())
+                return
+            self.reactor.callLater(METRICS_RETRY, self._listen_metrics_when_free, description, tries + 1)
+
+        d = Deferred.fromCoroutine(listen(self.reactor, description, self.metrics_site, "metrics_listen"))
+        d.addCallbacks(listening, busy)
 
     def stopService(self) -> Deferred[None]:
         return Deferred.fromCoroutine(self._stop())

@@ -1,0 +1,295 @@
+"""Zero-downtime reload and upgrade of a ``twistd ssebridge``, under load (issue 13, item 1).
+
+A fleet of SSE clients that behave like ``EventSource`` (on close, wait the last ``retry:`` hint, come
+back with ``Last-Event-ID``), a publisher with ids (``ssebridge.publish.Publisher``) and a prober
+opening new connections in a loop run through: SIGHUP with a broken config (refused, nothing closes),
+SIGHUP to a pool (workers replaced one at a time), SIGHUP to a single process (it hands its sockets to
+a parent and one worker), and SIGUSR2 (a new process takes the sockets over). Each must refuse no
+connection, bring every client back at its first attempt, and lose no message.
+
+``SSEBRIDGE_RELOAD_CLIENTS`` sets the fleet's size (default 500; the issue's figure is 2,000, which
+also passes here but takes longer on two shared cores). Run with ``-s`` to see the figures.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from ssebridge.testing import RedisProcess, free_port
+from tests.helpers import twistd, wait_port
+from tests.system.sse_fleet import Fleet
+
+CLIENTS = int(os.environ.get("SSEBRIDGE_RELOAD_CLIENTS", "500"))
+RETRY_MS = 300
+WINDOW = 1.5
+#: Seconds between two published events.
+PUBLISH_EVERY = 0.02
+
+
+CONFIG = """listen = ["tcp:{port}:interface=127.0.0.1"]
+redis = "127.0.0.1:{redis}"
+workers = {workers}
+shutdown_window = {window}
+retry_ms = {retry}
+heartbeat = {heartbeat}
+metrics_listen = "tcp:{metrics}:interface=127.0.0.1"
+
+[[route]]
+match = '^/events/(?P<channel>[a-z]+)$'
+action = "sse:${{channel}}"
+"""
+
+
+class Prober(threading.Thread):
+    """New connections in a loop, each asking ``/probe`` (a 404): counts what is not an HTTP answer."""
+
+    def __init__(self, port: int) -> None:
+        super().__init__(daemon=True)
+        self.port = port
+        self.stop = threading.Event()
+        self.answered = 0
+        self.refused = 0
+        self.failed: list[str] = []
+
+    def run(self) -> None:
+        while not self.stop.is_set():
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=10) as s:
+                    s.sendall(b"GET /probe HTTP/1.0\r\nHost: x\r\n\r\n")
+                    data = b""
+                    while chunk := s.recv(4096):
+                        data += chunk
+                if data.startswith(b"HTTP/1.") and data.split(b" ")[1] == b"404":
+                    self.answered += 1
+                else:
+                    self.failed.append(repr(data[:60]))
+            except ConnectionRefusedError:
+                self.refused += 1
+            except OSError as e:
+                self.failed.append(repr(e))
+            time.sleep(0.002)
+
+
+class Publishing(threading.Thread):
+    """Publishes 1, 2, 3... to ``news`` with ids, every ``PUBLISH_EVERY`` seconds."""
+
+    def __init__(self, redis: RedisProcess) -> None:
+        super().__init__(daemon=True)
+        import redis as redis_py
+
+        from ssebridge.publish import Publisher
+
+        host, port = redis.address
+        self.publisher = Publisher(redis_py.Redis(host=host, port=port), history=100_000)
+        self.stop = threading.Event()
+        self.published = 0
+
+    def run(self) -> None:
+        while not self.stop.is_set():
+            self.publisher.publish("news", str(self.published + 1))
+            self.published += 1
+            time.sleep(PUBLISH_EVERY)
+
+
+@dataclass
+class Bridge:
+    proc: subprocess.Popen[bytes]
+    log: Path
+    config: Path
+    port: int
+    pids: list[int] = field(default_factory=list)
+
+    def text(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def wait_log(self, pattern: str, timeout: float = 30.0, count: int = 1) -> list[str]:
+        deadline = time.monotonic() + timeout
+        while True:
+            found = re.findall(pattern, self.text())
+            if len(found) >= count:
+                return found
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{pattern!r} not logged within {timeout}s:\n{self.text()[-3000:]}")
+            time.sleep(0.05)
+
+    def signal(self, signum: int) -> None:
+        os.kill(self.pids[-1] if self.pids else self.proc.pid, signum)
+
+
+#: ``bridge_factory(workers)``: a started ``twistd ssebridge``.
+StartBridge = Callable[[int], Bridge]
+
+
+def metrics_base(avoid: int) -> int:
+    """A port P with P and P+1 free (worker i serves its metrics on P+i) and neither ``avoid``."""
+    while True:
+        base = free_port()
+        if avoid in (base, base + 1):
+            continue
+        try:
+            with socket.socket() as s:
+                s.bind(("127.0.0.1", base + 1))
+        except OSError:
+            continue
+        return base
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie (our own child, not reaped yet) has stopped.
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.fixture
+def bridge_factory(tmp_path: Path, redis: RedisProcess) -> Iterator[StartBridge]:
+    started: list[Bridge] = []
+
+    def start(workers: int) -> Bridge:
+        port = free_port()
+        config = tmp_path / "bridge.toml"
+        config.write_text(
+            CONFIG.format(
+                port=port,
+                redis=redis.address[1],
+                workers=workers,
+                window=WINDOW,
+                retry=RETRY_MS,
+                heartbeat=15.0,
+                metrics=metrics_base(port),
+            )
+        )
+        log = tmp_path / "bridge.log"
+        out = log.open("wb")
+        proc = twistd(
+            "-n",
+            "--pidfile=",
+            "ssebridge",
+            "--config",
+            str(config),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            cwd=tmp_path,
+        )
+        out.close()
+        bridge = Bridge(proc, log, config, port)
+        started.append(bridge)
+        wait_port(port, proc=proc)
+        return bridge
+
+    yield start
+    for bridge in started:
+        for pid in [bridge.proc.pid, *bridge.pids]:
+            if _alive(pid):
+                os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + 20
+        for pid in [bridge.proc.pid, *bridge.pids]:
+            while _alive(pid) and time.monotonic() < deadline:
+                if pid == bridge.proc.pid:
+                    bridge.proc.poll()
+                time.sleep(0.05)
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)
+        bridge.proc.wait(5)
+
+
+def run_through(bridge: Bridge, redis: RedisProcess, signum: int, handover: bool) -> dict[str, float]:
+    """Fleet, publisher and prober through ``signum``; assert nothing refused or lost; the figures."""
+    publishing = Publishing(redis)
+    publishing.start()
+    fleet = Fleet(bridge.port, "/events/news", CLIENTS)
+    fleet.start()
+    prober = Prober(bridge.port)
+    try:
+        fleet.wait(lambda: fleet.streaming() == CLIENTS and fleet.all_received(), 60, "all streaming")
+        prober.start()
+        time.sleep(0.3)
+        signalled = time.monotonic()
+        bridge.signal(signum)
+        if handover:
+            pid = int(bridge.wait_log(r"pid (\d+) serves now", count=len(bridge.pids) + 1)[-1])
+            bridge.pids.append(pid)
+        else:
+            bridge.wait_log(r"reload done", count=1)
+        fleet.wait(lambda: fleet.all_back(), 60, "every client back")
+        back = time.monotonic() - signalled
+        time.sleep(0.3)
+    finally:
+        prober.stop.set()
+        publishing.stop.set()
+        publishing.join(5)
+    prober.join(15)
+    last = publishing.published
+    try:
+        fleet.wait(lambda: fleet.all_received(upto=last), 30, f"every client at event {last}")
+    finally:
+        fleet.stop.set()
+        fleet.join(10)
+    report = fleet.report(last)
+    assert prober.refused == 0, f"{prober.refused} connection attempts refused"
+    assert not prober.failed, f"probes that got no HTTP answer: {prober.failed[:5]}"
+    assert prober.answered > 0
+    assert report["refused"] == 0 and report["failed_attempts"] == 0, report
+    assert report["retries_needed"] == 0, report
+    # Duplicates (an event delivered twice around a resume) are the hub's to prevent, and counted in
+    # the figures; loss is what a reload must never cause.
+    assert report["lost"] == 0, report
+    assert report["hint_min"] >= RETRY_MS and report["hint_max"] <= RETRY_MS + WINDOW * 1000, report
+    # Spread, not all at once: the hints of a few hundred streams are not all the same.
+    assert report["hint_max"] > report["hint_min"], report
+    figures = {"clients": CLIENTS, "all_back_s": round(back, 2), "probes": prober.answered, **report}
+    print(f"\n{signal.Signals(signum).name} figures: {figures}")
+    return figures
+
+
+def test_reload_of_a_pool_refuses_nothing_and_loses_nothing(
+    bridge_factory: StartBridge, redis: RedisProcess
+) -> None:
+    bridge: Bridge = bridge_factory(2)
+    bridge.wait_log(r"all 2 workers ready")
+    good = bridge.config.read_text()
+    # A broken file: refused, the running config kept, no stream touched.
+    bridge.config.write_text(good + "\nworkers = 'many'\n[[route]\n")
+    bridge.signal(signal.SIGHUP)
+    bridge.wait_log(r"reload refused: .* the running config is kept")
+    assert "worker 0 replaced" not in bridge.text()
+    bridge.config.write_text(good.replace("heartbeat = 15.0", "heartbeat = 5.0"))
+    figures = run_through(bridge, redis, signal.SIGHUP, handover=False)
+    assert figures["closed_streams"] >= CLIENTS
+    text = bridge.text()
+    assert "worker 0 replaced" in text and "worker 1 replaced" in text
+    assert bridge.proc.poll() is None
+
+
+def test_reload_of_a_single_process_hands_over_to_a_pool_of_one(
+    bridge_factory: StartBridge, redis: RedisProcess
+) -> None:
+    bridge: Bridge = bridge_factory(1)
+    run_through(bridge, redis, signal.SIGHUP, handover=True)
+    assert bridge.proc.wait(20) == 0
+    # The new process is a parent with one worker: the next SIGHUP reloads in place.
+    bridge.signal(signal.SIGHUP)
+    bridge.wait_log(r"reload done")
+
+
+def test_upgrade_hands_the_sockets_to_a_new_process(bridge_factory: StartBridge, redis: RedisProcess) -> None:
+    bridge: Bridge = bridge_factory(2)
+    bridge.wait_log(r"all 2 workers ready")
+    run_through(bridge, redis, signal.SIGUSR2, handover=True)
+    assert bridge.proc.wait(20) == 0
