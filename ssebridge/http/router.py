@@ -52,6 +52,13 @@ from ssebridge.upstream.base import HOP_BY_HOP, Upstream, UpstreamError, Upstrea
 
 log = Logger()
 
+#: The methods a stream route takes: a stream reads nothing from the client, and a POST that opened
+#: one would look to a client (or a form) as if something had been done. Others get 405 with ``Allow``.
+STREAM_METHODS = (b"GET", b"HEAD")
+#: What a 405 for a stream route says, and its ``Allow`` field.
+NOT_ALLOWED_TEXT = "Method not allowed: a stream takes GET or HEAD"
+ALLOW = b", ".join(STREAM_METHODS)
+
 
 class BadRequest(ValueError):
     """A request the bridge refuses with 400 before any rule sees it."""
@@ -388,6 +395,13 @@ class Bridge:
             log.info("refused channel for {path!r}: {why}", path=variables["PATH_INFO"], why=str(e))
             return _Text(400, f"Bad request: {e}")
         if resolved is not None:
+            if request.method not in STREAM_METHODS:
+                log.info(
+                    "refused {method} on stream route {path!r}: 405",
+                    method=printable(request.method),
+                    path=variables["PATH_INFO"],
+                )
+                return _Text(405, NOT_ALLOWED_TEXT, {b"Allow": ALLOW})
             return self.refusal() or _StreamStart(self, resolved)
         if self.static_maps:
             found = static_resource_for(self.static_maps, request)

@@ -41,7 +41,7 @@ DEFAULT_BODY_MIN_RATE = 1024.0
 _REFUSAL_LOG_EVERY = 10.0
 
 #: Decides, when a request's headers are in, whether its body has a reader: ``None`` if the upstream
-#: app will read it, else the status and text to refuse it with.
+#: app will read it, else the status and text to refuse it with (a 405 gets ``Allow: GET, HEAD``).
 BodyPolicy = Callable[[Request], "tuple[int, str] | None"]
 
 
@@ -197,8 +197,10 @@ class BridgeRequest(Request):
         refusal = self.body_policy(self)
         if refusal is not None:
             code, text = refusal
-            reason = "Payload Too Large" if code == 413 else "Bad Request"
-            self._refuse(code, reason, text, "no reader for it")
+            reason = {405: "Method Not Allowed", 413: "Payload Too Large"}.get(code, "Bad Request")
+            # A 405 from the policy is for a resource that takes GET and HEAD only (streams, files).
+            extra = b"Allow: GET, HEAD\r\n" if code == 405 else b""
+            self._refuse(code, reason, text, "no reader for it", extra)
             return
         transport: Any = channel.transport
         site = getattr(channel, "site", None)
@@ -289,7 +291,7 @@ class BridgeRequest(Request):
     def _refuse_body(self) -> None:
         self._refuse(413, "Payload Too Large", "Payload too large", "over the size limit")
 
-    def _refuse(self, code: int, reason: str, text: str, why: str) -> None:
+    def _refuse(self, code: int, reason: str, text: str, why: str, extra: bytes = b"") -> None:
         """Answer at once, before the body is read, and close the connection."""
         if self._refused:
             return
@@ -304,9 +306,9 @@ class BridgeRequest(Request):
         transport = self.channel.transport if self.channel is not None else None
         if transport is not None:
             transport.write(
-                b"HTTP/1.1 %d %s\r\nContent-Type: text/plain\r\n"
+                b"HTTP/1.1 %d %s\r\n%sContent-Type: text/plain\r\n"
                 b"Content-Length: %d\r\nConnection: close\r\n\r\n%s"
-                % (code, reason.encode("ascii"), len(body), body)
+                % (code, reason.encode("ascii"), extra, len(body), body)
             )
             transport.loseConnection()
 
