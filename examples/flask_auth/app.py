@@ -5,9 +5,12 @@ An authorised request is answered with an empty 200 carrying ``X-SSE-Offload: us
 bridge drops the body and turns the connection into a stream on the Redis channel ``user-<name>``
 (no routing rule needed). Anyone else gets a 401 with a JSON body, passed through as is.
 
-Run it behind the bridge as a separate HTTP server (``ssebridge.ini`` / ``ssebridge.toml``, ``proxy``)::
+Run it behind the bridge as a separate HTTP server (``ssebridge.ini`` / ``ssebridge.toml``, ``proxy``,
+which send the client's address in X-Forwarded-For; waitress drops that header unless told to trust
+the bridge)::
 
-    waitress-serve --listen 127.0.0.1:5000 app:app
+    waitress-serve --listen 127.0.0.1:5000 --trusted-proxy 127.0.0.1 \\
+        --trusted-proxy-headers "x-forwarded-for x-forwarded-proto x-forwarded-host" app:app
 
 or in-process (``wsgi-file = app.py``). Then publish to a user's channel::
 
@@ -97,6 +100,14 @@ def events() -> Response | tuple[Response, int, dict[str, str]]:
     # The hand-over: the bridge streams channel user-<name> on this connection.
     response.headers["X-SSE-Offload"] = f"user-{user}"
     return response
+
+
+@app.get("/whoami")
+def whoami() -> Response:
+    """Who the app takes the client to be: its address is the browser's only when the bridge sends
+    X-Forwarded-For (``forwarded = true``) and waitress trusts it (``--trusted-proxy``); otherwise it
+    is the bridge's own."""
+    return jsonify(client=request.remote_addr, user=current_user())
 
 
 @app.get("/")
