@@ -127,10 +127,11 @@ def test_socket_activation_and_ready_stopping_notices(
     )
     # Flat lines: no Twisted internals; with a pool, a worker's lines name it.
     assert not any(key.startswith("log_") for e in events for key in e)
+    closes = [e for e in events if e["message"].startswith("stream closed")]
     if workers > 1:
-        assert any(e.get("worker") == 0 for e in events if e["message"].startswith("stream closed")) or any(
-            e.get("worker") == 1 for e in events if e["message"].startswith("stream closed")
-        )
+        assert closes and all(e.get("worker") in range(workers) for e in closes)
+    else:
+        assert all("worker" not in e for e in events)
 
 
 @pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd not installed")
