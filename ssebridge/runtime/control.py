@@ -28,7 +28,7 @@ from twisted.logger import Logger
 from ssebridge.config.model import check_config
 from ssebridge.runtime.handoff import Sockets, start_successor
 from ssebridge.runtime.pool import WorkerPool
-from ssebridge.runtime.sdnotify import notify
+from ssebridge.runtime.sdnotify import notify, reloading_notice
 from ssebridge.runtime.service import BridgeService
 
 __all__ = ["Control", "runs_in_foreground"]
@@ -68,7 +68,11 @@ class Control:
     def install(self) -> None:
         """Handle SIGHUP and SIGUSR2 (the handlers only schedule the work on the reactor)."""
         signal.signal(signal.SIGHUP, lambda *_: self.reactor.callFromThread(self.reload))
-        signal.signal(signal.SIGUSR2, lambda *_: self.reactor.callFromThread(self.upgrade))
+        signal.signal(signal.SIGUSR2, lambda *_: self.reactor.callFromThread(self._usr2))
+
+    def _usr2(self) -> None:
+        log.info("SIGUSR2: starting a new process on our listening sockets")
+        self.upgrade()
 
     def reload(self) -> Deferred[bool]:
         """SIGHUP: a pool reloads in place; a single process checks the file, then hands over."""
@@ -101,17 +105,20 @@ class Control:
             log.error("cannot hand over: no listening socket yet")
             return False
         self.handing_over = True
+        notify(reloading_notice())
         try:
             successor = start_successor(self.reactor, sockets)
             if not await successor.ready:
                 log.error("hand-over failed: this process keeps serving")
+                notify("READY=1")
                 return False
         finally:
             self.handing_over = False
         assert successor.transport is not None
         pid = successor.transport.pid
-        # systemd now follows the new process; ours must not count as the service stopping.
-        notify(f"MAINPID={pid}")
+        # systemd now follows the new process (its own notices count only once it is the main
+        # one); ours stopping is not the service stopping.
+        notify(f"MAINPID={pid}\nREADY=1")
         log.info("pid {pid} serves now; this process stops", pid=pid)
         self._release()
         self.reactor.stop()

@@ -10,16 +10,19 @@ from __future__ import annotations
 import os
 import socket
 import stat
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import IListeningPort
+from twisted.logger import Logger
 
 from ssebridge.config import defaults
 from ssebridge.config.endpoint import parse_endpoint
 from ssebridge.runtime.lifecycle import StartError
+
+log = Logger()
 
 #: The first inherited descriptor a worker finds its listening sockets at.
 FIRST_FD = 3
@@ -148,6 +151,55 @@ def _numeric(family: int, host: str) -> str:
         return socket.inet_ntop(family, socket.inet_pton(family, host))
     except OSError:
         return host
+
+
+def worker_sockets(
+    specs: Sequence[ListenSpec], count: int, inherited: Mapping[tuple[int, int], socket.socket] | None
+) -> list[list[socket.socket]]:
+    """Each of ``count`` workers' sockets, in ``specs`` order: opened, or taken over from
+    ``inherited`` (keyed listen entry, worker slot: an upgrade). All closed again on failure.
+
+    An inherited socket the config no longer listens on is closed and a new one opened; one of a
+    worker slot that no longer exists is closed (connection attempts queued on it are reset).
+    """
+    left = dict(inherited or {})
+    shared: dict[int, socket.socket] = {}
+    opened: list[socket.socket] = []
+    result: list[list[socket.socket]] = []
+
+    def take(i: int, w: int, spec: ListenSpec) -> socket.socket:
+        sock = left.pop((i, w), None)
+        if sock is not None and not same_address(sock, spec):
+            log.warn("listen {i}: the socket handed over is not {spec}; opening a new one", i=i, spec=spec)
+            sock.close()
+            sock = None
+        if sock is None:
+            if inherited is not None and spec.inherited_fd is not None:
+                raise StartError(f"listen {i}: the previous process passed no systemd socket")
+            sock = open_listener(spec)
+        opened.append(sock)
+        return sock
+
+    try:
+        for w in range(count):
+            socks = []
+            for i, spec in enumerate(specs):
+                if spec.shared:
+                    if i not in shared:
+                        shared[i] = take(i, w, spec)
+                    socks.append(shared[i])
+                else:
+                    socks.append(take(i, w, spec))
+            result.append(socks)
+    except BaseException:
+        for sock in opened:
+            sock.close()
+        raise
+    for (i, w), sock in left.items():
+        if i >= len(specs) or not specs[i].shared:
+            log.warn("listen {i}: closing the socket of former worker {w}", i=i, w=w)
+        sock.close()  # a shared socket's other copies are the same socket: closing them is free
+    return result
 
 
 def with_backlog(description: str) -> str:

@@ -32,16 +32,9 @@ from ssebridge.config.model import Config, check_config
 from ssebridge.runtime.backoff import backoff_delay
 from ssebridge.runtime.handoff import READY_TIMEOUT, Sockets, report_ready
 from ssebridge.runtime.lifecycle import EXIT_CANNOT_START, StartError, stop_and_exit
-from ssebridge.runtime.listeners import (
-    FIRST_FD,
-    ListenSpec,
-    check_inherited,
-    open_listener,
-    parse_listen,
-    same_address,
-)
+from ssebridge.runtime.listeners import FIRST_FD, check_inherited, parse_listen, worker_sockets
 from ssebridge.runtime.mules import MuleService
-from ssebridge.runtime.sdnotify import notify
+from ssebridge.runtime.sdnotify import notify, reloading_notice
 
 log = Logger()
 
@@ -129,7 +122,10 @@ class WorkerPool(MultiService):
 
     def startService(self) -> None:
         try:
-            self.sockets = self._open_sockets()
+            if self.inherited is None:
+                for description in self.config.listen:
+                    check_inherited(description, "listen")
+            self.sockets = worker_sockets(self.specs, self.count, self.inherited)
         except (OSError, ValueError, StartError) as e:
             log.critical("could not start: {error}", error=str(e))
             self.fail_to_start()
@@ -147,56 +143,10 @@ class WorkerPool(MultiService):
         # Readiness (systemd's, a predecessor's) means every worker serves, not merely spawned.
         self.served = True
         log.info("all {count} workers ready", count=self.count)
-        notify(f"READY=1\nSTATUS={self.count} workers\nMAINPID={os.getpid()}")
-        report_ready()
+        if not report_ready():
+            # (A successor's predecessor tells systemd instead: this is not its main process yet.)
+            notify(f"READY=1\nSTATUS={self.count} workers\nMAINPID={os.getpid()}")
         return ready
-
-    def _open_sockets(self) -> list[list[socket.socket]]:
-        """Open (or take over from ``inherited``) each worker's sockets; close them all on failure."""
-        inherited = dict(self.inherited or {})
-        shared: dict[int, socket.socket] = {}
-        opened: list[socket.socket] = []
-        result: list[list[socket.socket]] = []
-
-        def take(i: int, w: int, spec: ListenSpec) -> socket.socket:
-            sock = inherited.pop((i, w), None)
-            if sock is not None and not same_address(sock, spec):
-                # The config now listens elsewhere: the old socket goes, a new one is opened.
-                log.warn("listen {i}: the inherited socket is not {spec}; opening a new one", i=i, spec=spec)
-                sock.close()
-                sock = None
-            if sock is None:
-                if self.inherited is None or spec.inherited_fd is None:
-                    sock = open_listener(spec)
-                else:
-                    raise StartError(f"listen {i}: the previous process passed no systemd socket")
-            opened.append(sock)
-            return sock
-
-        try:
-            if self.inherited is None:
-                for description in self.config.listen:
-                    check_inherited(description, "listen")
-            for w in range(self.count):
-                socks = []
-                for i, spec in enumerate(self.specs):
-                    if spec.shared:
-                        if i not in shared:
-                            shared[i] = take(i, w, spec)
-                        socks.append(shared[i])
-                    else:
-                        socks.append(take(i, w, spec))
-                result.append(socks)
-        except BaseException:
-            for sock in opened:
-                sock.close()
-            raise
-        for (i, w), sock in inherited.items():
-            if sock not in opened:
-                # Fewer workers than before: connection attempts queued on this one are reset.
-                log.warn("listen {i}: closing the socket of former worker {w}", i=i, w=w)
-                sock.close()
-        return result
 
     def spawn(self, index: int, replacing: bool = False) -> _WorkerProtocol:
         pending = self.restarts.pop(index, None)
@@ -302,6 +252,7 @@ class WorkerPool(MultiService):
             new = found
         self._explain_kept(new)
         self.reloading = True
+        notify(reloading_notice())
         try:
             log.info("reload: replacing {count} workers one at a time", count=self.count)
             for index in range(self.count):
@@ -313,10 +264,12 @@ class WorkerPool(MultiService):
             await self._reload_mules(new)
             self.config = new
             log.info("reload done: {count} workers serve {source}", count=self.count, source=new.source)
-            notify(f"STATUS={self.count} workers (reloaded)")
+            notify(f"READY=1\nSTATUS={self.count} workers (reloaded)")
             return True
         finally:
-            self.reloading = False
+            if self.reloading:
+                self.reloading = False
+                notify("READY=1")
 
     def _explain_kept(self, new: Config) -> None:
         """What a reload cannot change, said before it starts: those settings keep their old value."""

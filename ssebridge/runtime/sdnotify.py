@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import socket
+import time
 
 
 def notify(state: str, environ: dict[str, str] | None = None) -> bool:
@@ -26,3 +27,9 @@ def notify(state: str, environ: dict[str, str] | None = None) -> bool:
     except OSError:
         return False
     return True
+
+
+def reloading_notice() -> str:
+    """``RELOADING=1`` with the clock reading systemd wants with it (``Type=notify-reload``); the
+    service reports ``READY=1`` when the reload is over, applied or not."""
+    return f"RELOADING=1\nMONOTONIC_USEC={time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000}"

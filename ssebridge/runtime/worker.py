@@ -21,8 +21,8 @@ if TYPE_CHECKING:
 log = Logger()
 
 
-def _sighup(signum: int, frame: object) -> None:
-    log.info("SIGHUP ignored: the parent owns reload")
+def _ignored(signum: int, frame: object) -> None:
+    log.info("{signal} ignored: the parent owns reload and upgrade", signal=signal.Signals(signum).name)
 
 
 #: Seconds a worker waits for Redis before it reports ready anyway (streams then wait for it).
@@ -68,7 +68,10 @@ def main(argv: list[str] | None = None) -> int:
     # The parent owns reload (SIGHUP); a stray one (a closed terminal, a careless kill -HUP) must not
     # cut this worker's streams without a retry hint. A handler rather than SIG_IGN, which anything
     # the worker runs (a WSGI app's subprocess) would inherit.
-    signal.signal(signal.SIGHUP, _sighup)
+    signal.signal(signal.SIGHUP, _ignored)
+    # Likewise SIGUSR2 (upgrade), whose default would kill the worker: `systemctl kill -s USR2`
+    # without --kill-whom=main reaches every process of the service.
+    signal.signal(signal.SIGUSR2, _ignored)
 
     from twisted.internet import reactor
 

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
+from ssebridge.runtime.control import runs_in_foreground
 from ssebridge.runtime.deathsig import launcher
-from ssebridge.runtime.listeners import FIRST_FD, parse_listen, per_worker_endpoint
+from ssebridge.runtime.handoff import INHERIT_ENV, READY_ENV, inherited_sockets, report_ready, successor_argv
+from ssebridge.runtime.listeners import FIRST_FD, parse_listen, per_worker_endpoint, same_address
 
 
 @pytest.mark.parametrize(
@@ -44,7 +48,6 @@ def test_listeners_workers_can_share() -> None:
         parse_listen("ssl:9443:privateKey=k.pem")
 
 
-
 def test_the_mule_launcher_becomes_the_program_or_says_why_not(tmp_path: Path) -> None:
     """The launcher (deathsig.py, run as a script) execs the program in its own process."""
     executable, argv = launcher("/bin/sh", ["sh", "-c", "echo $$"])
@@ -58,3 +61,79 @@ def test_the_mule_launcher_becomes_the_program_or_says_why_not(tmp_path: Path) -
     )
     assert failed.returncode == 127
     assert "cannot run" in failed.stderr and "Traceback" not in failed.stderr
+
+
+# --- reload and upgrade: the pure parts -------------------------------------------------------------
+
+
+def test_a_handed_over_socket_is_kept_only_where_the_config_still_listens(tmp_path: Path) -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        port = sock.getsockname()[1]
+        assert same_address(sock, parse_listen(f"tcp:{port}:interface=127.0.0.1"))
+        assert not same_address(sock, parse_listen(f"tcp:{port + 1}:interface=127.0.0.1"))
+        assert not same_address(sock, parse_listen(f"tcp:{port}"))  # 0.0.0.0: another socket
+        assert not same_address(sock, parse_listen(f"unix:{tmp_path / 's.sock'}"))
+    path = str(tmp_path / "s.sock")
+    with socket.socket(socket.AF_UNIX) as unix:
+        unix.bind(path)
+        unix.listen()
+        assert same_address(unix, parse_listen(f"unix:{path}"))
+        assert not same_address(unix, parse_listen(f"unix:{path}.2"))
+
+
+def test_the_sockets_a_predecessor_passed_are_read_once_and_kept_out_of_children() -> None:
+    with socket.socket() as a, socket.socket(socket.AF_INET6) as b:
+        env = {
+            INHERIT_ENV: f"0:0:{int(a.family)}:{os.dup(a.fileno())},0:1:{int(b.family)}:{os.dup(b.fileno())}"
+        }
+        found = inherited_sockets(env)
+        assert found is not None and sorted(found) == [(0, 0), (0, 1)]
+        assert found[(0, 1)].family == socket.AF_INET6
+        assert INHERIT_ENV not in env  # workers and mules must not think they are successors
+        for sock in found.values():
+            sock.close()
+    assert inherited_sockets({}) is None
+    with pytest.raises(ValueError):
+        inherited_sockets({INHERIT_ENV: "0:0:2"})
+
+
+def test_ready_is_one_line_on_the_pipe_the_predecessor_named() -> None:
+    read, write = os.pipe()
+    env = {READY_ENV: str(write)}
+    assert report_ready(env) and READY_ENV not in env
+    assert os.read(read, 100) == b"ready\n"
+    assert os.read(read, 100) == b""  # closed: the predecessor sees the end too
+    os.close(read)
+    assert not report_ready({})
+
+
+def test_the_successor_runs_the_same_command_line_without_our_pidfile() -> None:
+    argv = successor_argv(["python3", "-c", "run()", "-n", "--pidfile=x.pid", "ssebridge", "--config", "c"])
+    assert argv == [
+        sys.executable,
+        "-c",
+        "run()",
+        "-n",
+        "--pidfile=x.pid",
+        "--pidfile=",
+        "ssebridge",
+        "--config",
+        "c",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("argv", "foreground"),
+    [
+        (["twistd", "-n", "ssebridge"], True),
+        (["twistd", "--nodaemon", "--pidfile=", "ssebridge"], True),
+        (["twistd", "-no", "ssebridge"], True),
+        (["twistd", "--pidfile=", "ssebridge", "-n"], False),  # the plugin's, not twistd's
+        (["twistd", "ssebridge"], False),
+        (["twistd", "--logger=x.n", "ssebridge"], False),
+    ],
+)
+def test_an_upgrade_needs_twistd_in_the_foreground(argv: list[str], foreground: bool) -> None:
+    assert runs_in_foreground(argv) is foreground
