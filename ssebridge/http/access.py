@@ -4,7 +4,8 @@ A request answered by the bridge (a static file, the metrics, a 404) or by the u
 proxied) gets its line when its answer is complete, or when the client leaves before that. A request
 that becomes a stream gets none here: its ``stream closed`` line (``ssebridge.http.stream``, with
 ``stream = true``) is its access line, written when the stream ends, with its duration and bytes; one
-written at its start would say nothing of either. So no request is logged twice.
+written at its start would say nothing of either. So no request is logged twice. (Its ``stream
+opened`` line carries the method, path and status as fields, for shippers that join the two.)
 
 The path is logged without the values of its query string (tokens and signatures travel there): only
 the names of its parameters are kept, ``/events?token&since``.

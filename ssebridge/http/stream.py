@@ -18,7 +18,7 @@ from twisted.web.server import Request
 from zope.interface import implementer
 
 from ssebridge.config.defaults import CLIENT_BUFFER
-from ssebridge.http.access import mark_stream
+from ssebridge.http.access import logged_path, mark_stream
 from ssebridge.hub.channels import Hub
 from ssebridge.interfaces import Subscriber
 from ssebridge.logs import printable
@@ -202,6 +202,11 @@ class Stream:
             patterns=printable(b",".join(self.patterns)),
             client=self._peer,
             mode=self.mode,
+            # What an access line carries, for log shippers (the text stays as it was).
+            method=printable(request.method),
+            path=logged_path(request.uri),
+            status=self._status,
+            stream=True,
         )
         self._chunked = bool(request.chunked)
         channel = request.channel

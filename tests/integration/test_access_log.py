@@ -99,6 +99,12 @@ async def test_a_stream_is_logged_once_by_its_close_line(
     await handed.disconnect()
     await until(lambda: len(events.closes()) == 2, what="two close lines")
     assert [e["stream"] for e in events.closes()] == [True, True]
+    # The open lines carry what an access line would, the query's values left out.
+    opens = [e for e in events.events if str(e.get("log_format", "")).startswith("stream opened")]
+    assert [(e["method"], e["path"], e["status"], e["stream"]) for e in opens] == [
+        ("GET", "/events/news?token", 200, True),
+        ("GET", "/native", 200, True),
+    ]
     # HEAD on a stream route ends at once, through twisted.web's finish: still no second line.
     await deferToThread(_get, port, b"/events/news", b"HEAD")
     await until(lambda: len(events.closes()) == 3, what="the HEAD stream's close line")
