@@ -70,6 +70,7 @@ def parse(text: str, builder: ConfigBuilder, config: Path) -> None:
                 # Checking goes on (with the keys below it ignored), so the rest is still reported.
                 builder.attempt(_refuse, builder.error(number, f"bad section header {_shorten(line)!r}"))
                 section = "?"
+                noted_sections.add(section)  # the error says it; no warning about its keys too
                 continue
             section = line[1:-1].strip()
             found = found or section == "uwsgi"
