@@ -77,6 +77,10 @@ class LoadSpec:
     connect_timeout: float
     connect_deadline: float
     sample_cap: int = 200_000
+    #: Per-connection variants, connection ``i`` taking ``variants[i % len(variants)]``: extra request
+    #: header lines (e.g. ``"Last-Event-ID: 1-5\r\n"``) and the first sequence number it expects
+    #: (a resumed stream starts after the position it resumes from). Empty: no extra header, from 1.
+    variants: tuple[tuple[str, int], ...] = ()
 
 
 @dataclass
@@ -101,6 +105,10 @@ class LoadResult:
     latency_stride: int = 1
     latency_seen: int = 0
     latency_max_ns: int = 0
+    #: Events the live connections should hold at the end (from their first expected seq to the last
+    #: published), and ``received - expected`` per connection as a histogram: {0: n} means exact.
+    expected_events: int = 0
+    per_conn_excess: Counter[int] = field(default_factory=Counter)
 
 
 class Conn:
@@ -118,10 +126,14 @@ class Conn:
         "left",
         "tail",
         "expected",
+        "first",
+        "got",
         "sampled",
     )
 
-    def __init__(self, sock: socket.socket, index: int, sampled: bool, started: float) -> None:
+    def __init__(
+        self, sock: socket.socket, index: int, sampled: bool, started: float, first: int = FIRST_SEQ
+    ) -> None:
         self.sock = sock
         self.fd = sock.fileno()
         self.index = index
@@ -132,7 +144,9 @@ class Conn:
         self.raw = b""
         self.left = 0
         self.tail = b""
-        self.expected = FIRST_SEQ
+        self.expected = first
+        self.first = first
+        self.got = 0
         self.sampled = sampled
 
 
@@ -205,10 +219,15 @@ class LoadClient:
         #: fd -> connection, for every socket registered with ``ep``.
         self.by_fd: dict[int, Conn] = {}
         self.ctrl_fd = -1
-        self.request = (
+        head = (
             f"GET {spec.path} HTTP/1.1\r\nHost: {spec.host}:{spec.port}\r\n"
-            "Accept: text/event-stream\r\nCache-Control: no-cache\r\nUser-Agent: ssebridge-bench\r\n\r\n"
-        ).encode("latin-1")
+            "Accept: text/event-stream\r\nCache-Control: no-cache\r\nUser-Agent: ssebridge-bench\r\n"
+        )
+        #: (request bytes, first expected seq) per variant; one variant when none was given.
+        self.requests = [
+            ((head + extra + "\r\n").encode("latin-1"), first)
+            for extra, first in (spec.variants or (("", FIRST_SEQ),))
+        ]
         self.result = LoadResult(pid=os.getpid())
         self.pending: dict[int, Conn] = {}
         self.conns: dict[int, Conn] = {}
@@ -247,7 +266,8 @@ class LoadClient:
             self._fail(f"connect: {e.strerror or e}")
             return
         sampled = spec.sample_every > 0 and index % spec.sample_every == 0
-        conn = Conn(sock, index, sampled, time.monotonic())
+        first = self.requests[index % len(self.requests)][1]
+        conn = Conn(sock, index, sampled, time.monotonic(), first)
         self.pending[conn.fd] = conn
         self.by_fd[conn.fd] = conn
         self.ep.register(conn.fd, select.EPOLLOUT)
@@ -276,7 +296,7 @@ class LoadClient:
             self._drop_pending(conn, f"connect: {os.strerror(err)}")
             return
         try:
-            conn.sock.send(self.request)
+            conn.sock.send(self.requests[conn.index % len(self.requests)][0])
         except OSError as e:
             self._drop_pending(conn, f"send: {e.strerror or e}")
             return
@@ -389,6 +409,7 @@ class LoadClient:
             if dup:
                 result.duplicated += dup
         conn.expected = exp
+        conn.got += n
         self.progress += exp - start
         result.events += n
         if not result.first_ns:
@@ -416,7 +437,7 @@ class LoadClient:
         self.conns.pop(conn.fd, None)
         self._close(conn)
         self.alive -= 1
-        self.progress -= conn.expected - FIRST_SEQ
+        self.progress -= conn.expected - conn.first
         self.result.closed_during_run += 1
         self.result.close_reasons[reason] += 1
         self.closed_accounted.append(conn.expected - FIRST_SEQ)
@@ -486,9 +507,13 @@ class LoadClient:
         published = self.stop_requested or 0
         result = self.result
         for conn in self.conns.values():
+            # The last seq reached (a connection resumed past seq 1 still counts up to ``published``).
             accounted = conn.expected - FIRST_SEQ
             if accounted < published:
                 result.lost_tail += published - accounted
+            should = max(0, published - conn.first + 1)
+            result.expected_events += should
+            result.per_conn_excess[conn.got - should] += 1
         result.undelivered_closed = sum(max(0, published - n) for n in self.closed_accounted)
         result.latencies_ns = self.latencies.tobytes()
         result.latency_stride = self.lat_stride

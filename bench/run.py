@@ -218,7 +218,10 @@ def stop_profiler(reaper: services.Reaper) -> None:
 class LoadProcs:
     """The load processes, their control pipes and the shared counters they publish."""
 
-    def __init__(self, args: argparse.Namespace, target: Target) -> None:
+    def __init__(
+        self, args: argparse.Namespace, target: Target, variants: tuple[tuple[str, int], ...] = ()
+    ) -> None:
+        """Start the processes; ``variants`` (see ``loadgen.LoadSpec``) vary headers per connection."""
         ctx = multiprocessing.get_context("fork")
         n = args.load_procs
         self.alive = ctx.RawArray("q", n)
@@ -241,6 +244,7 @@ class LoadProcs:
                 connect_concurrency=args.connect_concurrency,
                 connect_timeout=args.connect_timeout,
                 connect_deadline=args.connect_deadline,
+                variants=variants,
             )
             first += count
             parent_end, child_end = ctx.Pipe()
