@@ -35,10 +35,9 @@ def make_service(options: Mapping[str, Any]) -> Service:
         sys.stderr.write(f"ssebridge: the sockets passed by the previous process: {e}\n")
         raise SystemExit(2) from None
     service = _build(config, path, inherited)
-    control = Control(service, path)
-    from twisted.internet import reactor
-
-    reactor.callWhenRunning(control.install)
+    # Now, not once the reactor runs: systemd may send a reload as soon as it sees READY=1, which the
+    # service sends while the reactor starts. A signal that early waits for the reactor.
+    Control(service, path).install()
     return service
 
 

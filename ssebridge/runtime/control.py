@@ -15,6 +15,7 @@ process serving as before, with the reason logged.
 
 from __future__ import annotations
 
+import os
 import signal
 import socket
 import sys
@@ -76,6 +77,9 @@ class Control:
 
     def reload(self) -> Deferred[bool]:
         """SIGHUP: a pool reloads in place; a single process checks the file, then hands over."""
+        if not self.service.running:
+            log.warn("SIGHUP ignored: the service has not started yet (or is stopping)")
+            return Deferred.fromCoroutine(_false())
         if isinstance(self.service, WorkerPool):
             log.info("SIGHUP: reloading {path}", path=self.config_path or "the built-in config")
             return self.service.reload()
@@ -94,6 +98,9 @@ class Control:
         return Deferred.fromCoroutine(self._upgrade())
 
     async def _upgrade(self) -> bool:
+        if not self.service.running:
+            log.warn("upgrade ignored: the service has not started yet (or is stopping)")
+            return False
         if self.handing_over:
             log.warn("a new process is already starting; ignored")
             return False
@@ -119,6 +126,9 @@ class Control:
         # systemd now follows the new process (its own notices count only once it is the main
         # one); ours stopping is not the service stopping.
         notify(f"MAINPID={pid}\nREADY=1")
+        # Anything more from us (STOPPING=1 as we stop) would come from a process that is no longer
+        # the main one: systemd would drop it with a warning.
+        os.environ.pop("NOTIFY_SOCKET", None)
         log.info("pid {pid} serves now; this process stops", pid=pid)
         self._release()
         self.reactor.stop()

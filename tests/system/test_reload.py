@@ -293,3 +293,61 @@ def test_upgrade_hands_the_sockets_to_a_new_process(bridge_factory: StartBridge,
     bridge.wait_log(r"all 2 workers ready")
     run_through(bridge, redis, signal.SIGUSR2, handover=True)
     assert bridge.proc.wait(20) == 0
+
+
+class NotifyListener:
+    """systemd's side of ``NOTIFY_SOCKET``, with the sender's pid of every notice (SO_PASSCRED)."""
+
+    def __init__(self, path: Path) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
+        self.sock.bind(str(path))
+        self.notices: list[tuple[int, dict[str, str]]] = []
+
+    def next(self, key: str, timeout: float = 30.0) -> tuple[int, dict[str, str]]:
+        """The next notice that sets ``key`` (those before it are kept in ``notices``)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            self.sock.settimeout(max(0.01, deadline - time.monotonic()))
+            try:
+                data, ancillary, _, _ = self.sock.recvmsg(4096, socket.CMSG_SPACE(12))
+            except TimeoutError:
+                raise AssertionError(f"no {key} notice in {timeout}s; got {self.notices}") from None
+            pid = next(
+                int.from_bytes(d[:4], "little")
+                for level, kind, d in ancillary
+                if kind == socket.SCM_CREDENTIALS
+            )
+            fields = dict(line.split("=", 1) for line in data.decode().splitlines() if "=" in line)
+            self.notices.append((pid, fields))
+            if key in fields:
+                return pid, fields
+
+
+def test_systemd_follows_the_hand_over_and_the_reload(
+    bridge_factory: StartBridge, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What a ``Type=notify``, ``NotifyAccess=main`` unit sees: every notice from the main process of
+    the moment, the main process named before the old one stops, and each reload begun and ended."""
+    listener = NotifyListener(tmp_path / "notify.sock")
+    monkeypatch.setenv("NOTIFY_SOCKET", str(tmp_path / "notify.sock"))
+    bridge = bridge_factory(1)
+    main = bridge.proc.pid
+    assert listener.next("READY")[0] == main
+    bridge.signal(signal.SIGHUP)  # one process: hands over to a parent and one worker
+    assert listener.next("RELOADING")[0] == main
+    pid, fields = listener.next("MAINPID")
+    assert pid == main and fields.get("READY") == "1"
+    main = int(fields["MAINPID"])
+    bridge.pids.append(main)
+    assert bridge.proc.wait(20) == 0
+    bridge.signal(signal.SIGHUP)  # a pool of one now: reloads in place
+    assert listener.next("RELOADING")[0] == main
+    assert listener.next("READY")[0] == main
+    os.kill(main, signal.SIGTERM)
+    assert listener.next("STOPPING")[0] == main
+    # systemd drops (and logs) a notice from any other process: there must be none.
+    main_of_the_moment = bridge.proc.pid
+    for pid, fields in listener.notices:
+        assert pid == main_of_the_moment, listener.notices
+        main_of_the_moment = int(fields.get("MAINPID", main_of_the_moment))
