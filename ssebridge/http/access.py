@@ -28,6 +28,8 @@ log = Logger(namespace="ssebridge.access")
 STREAM_MARK = "ssebridge_stream"
 #: The attribute holding when a request began (``time.monotonic()``), set by the site's request.
 _STARTED = "ssebridge_started"
+#: Set once a request's line is written: whichever of its ends comes first writes it.
+_LOGGED = "ssebridge_logged"
 
 
 def mark_stream(request: Any) -> None:
@@ -57,13 +59,15 @@ def _client(request: Any) -> str:
     return str(getattr(address, "host", None) or address)
 
 
-def log_access(request: Any, gone: bool = False) -> None:
-    """Write ``request``'s access line (nothing for a stream's request: its stream writes one).
+def log_access(request: Any, gone: bool = False, status: int | None = None, sent: int | None = None) -> None:
+    """Write ``request``'s access line, once (nothing for a stream's request: its stream writes one).
 
     ``gone``: the client left before the answer was complete; the status is what had been decided.
+    ``status`` and ``sent``: an answer written past twisted.web (a body refused before it is read).
     """
-    if getattr(request, STREAM_MARK, False):
+    if getattr(request, STREAM_MARK, False) or getattr(request, _LOGGED, False):
         return
+    setattr(request, _LOGGED, True)
     began = getattr(request, _STARTED, None)
     duration = time.monotonic() - began if began is not None else 0.0
     log.info(
@@ -71,8 +75,8 @@ def log_access(request: Any, gone: bool = False) -> None:
         client=_client(request),
         method=printable(request.method or b"-"),
         path=logged_path(request.uri or b""),
-        status=int(request.code),
-        bytes=int(request.sentLength),
+        status=int(request.code if status is None else status),
+        bytes=int(request.sentLength if sent is None else sent),
         duration=duration,
         stream=False,
         gone=gone,

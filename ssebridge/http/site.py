@@ -311,6 +311,12 @@ class BridgeRequest(Request):
                 % (code, reason.encode("ascii"), extra, len(body), body)
             )
             transport.loseConnection()
+        channel = self.channel
+        site = getattr(channel, "site", None)
+        if isinstance(site, BridgeSite) and site.access_log:
+            # Refused before twisted.web set the request line (it does once the body is in).
+            self.method, self.uri = channel._command, channel._path
+            log_access(self, status=code, sent=len(body))
 
     def write(self, data: bytes) -> None:
         body = self._body

@@ -174,3 +174,20 @@ async def test_no_factory_chatter(run_bridge: RunBridge, redis: RedisProcess, ev
         and "OneShotFactory" not in t
     ]
     assert chatter == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_body_refused_before_it_is_read_is_logged(
+    run_bridge: RunBridge, redis: RedisProcess, events: _Events
+) -> None:
+    port = port_of(await run_bridge(CONFIG + "max-body = 10\n"))
+    reply = await deferToThread(
+        raw_request,
+        port,
+        b"POST /echo?sig=s3cr3t HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n",
+    )
+    assert reply.startswith(b"HTTP/1.1 413")
+    await until(lambda: len(events.access()) == 1, what="the refused request's line")
+    line = events.access()[0]
+    assert (line["method"], line["path"], line["status"], line["stream"]) == ("POST", "/echo?sig", 413, False)
+    assert line["bytes"] > 0 and "s3cr3t" not in repr(line)
