@@ -43,7 +43,8 @@ STABLE_AFTER = 30.0
 #: Restart backoff of a worker that keeps dying: seconds, first and longest wait.
 RESTART_INITIAL = 0.2
 RESTART_MAXIMUM = 10.0
-#: Seconds past ``shutdown_window`` the workers get to stop before they are killed.
+#: Seconds past ``shutdown_window`` (or ``drain_timeout``, if longer) the workers get to stop
+#: before they are killed.
 STOP_GRACE = 10.0
 
 
@@ -352,7 +353,8 @@ class WorkerPool(MultiService):
             for protocol in self.processes():
                 protocol.signal("TERM")
                 waits.append(protocol.ended)
-            grace = self.config.shutdown_window + STOP_GRACE
+            # Each worker closes its streams and drains its app requests side by side: the longer.
+            grace = max(self.config.shutdown_window, self.config.drain_timeout) + STOP_GRACE
             timer = self.reactor.callLater(grace, self._kill_all)
             await DeferredList(waits, consumeErrors=True)
             if timer.active():
