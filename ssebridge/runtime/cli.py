@@ -37,7 +37,7 @@ def make_service(options: Mapping[str, Any]) -> Service:
     service = _build(config, path, inherited)
     # Now, not once the reactor runs: systemd may send a reload as soon as it sees READY=1, which the
     # service sends while the reactor starts. A signal that early waits for the reactor.
-    Control(service, path).install()
+    Control(service, path, strict=bool(options.get("strict"))).install()
     return service
 
 

@@ -54,13 +54,17 @@ class Control:
     """Reload and upgrade for the service ``twistd ssebridge`` runs (a ``WorkerPool`` or a
     ``BridgeService``)."""
 
-    def __init__(self, service: Service, config_path: str | None, reactor: Any = None) -> None:
+    def __init__(
+        self, service: Service, config_path: str | None, reactor: Any = None, strict: bool = False
+    ) -> None:
         if reactor is None:
             from twisted.internet import reactor as default_reactor
 
             reactor = default_reactor
         self.service = service
         self.config_path = config_path
+        #: ``--strict``: a reload refuses unknown keys too, as the start did.
+        self.strict = strict
         self.reactor = reactor
         self.handing_over = False
         #: Listening ports given up to a successor: kept referenced (and never closed) until exit.
@@ -82,10 +86,10 @@ class Control:
             return Deferred.fromCoroutine(_false())
         if isinstance(self.service, WorkerPool):
             log.info("SIGHUP: reloading {path}", path=self.config_path or "the built-in config")
-            return self.service.reload()
+            return self.service.reload(self.strict)
         log.info("SIGHUP: reloading; this single process hands its sockets to a parent and one worker")
         if self.config_path:
-            found, problems = check_config(self.config_path)
+            found, problems = check_config(self.config_path, self.strict)
             if found is None:
                 for problem in problems:
                     log.error("reload refused: {problem}", problem=str(problem))

@@ -194,7 +194,8 @@ class WorkerPool(MultiService):
         if self.stopping or self.workers.get(index) is not protocol:
             # A worker a reload replaced, or a replacement given up: nothing to restart.
             return
-        if getattr(reason.value, "exitCode", None) == EXIT_CANNOT_START and not self.served:
+        cannot = getattr(reason.value, "exitCode", None) == EXIT_CANNOT_START
+        if cannot and not self.served and not self.reloading:
             # Its config or app cannot load: restarting would fail the same way, forever.
             log.critical("worker {index} cannot start; stopping", index=index)
             self.fail_to_start()
@@ -221,16 +222,16 @@ class WorkerPool(MultiService):
 
     # --- reload ---------------------------------------------------------------------------------------
 
-    def reload(self) -> Deferred[bool]:
+    def reload(self, strict: bool = False) -> Deferred[bool]:
         """Check the config file again and, if sound, replace the workers one at a time.
 
         Fires True when every worker was replaced; False when the config was refused (the running
         one is kept) or a new worker did not become ready (it is stopped; the workers not yet
         replaced keep the old config).
         """
-        return Deferred.fromCoroutine(self._reload())
+        return Deferred.fromCoroutine(self._reload(strict))
 
-    async def _reload(self) -> bool:
+    async def _reload(self, strict: bool) -> bool:
         if self.stopping:
             return False
         if self.reloading:
@@ -240,7 +241,7 @@ class WorkerPool(MultiService):
             log.info("reload: no config file (the built-in default); replacing the workers")
             new = self.config
         else:
-            found, problems = check_config(self.config_path)
+            found, problems = check_config(self.config_path, strict)
             if found is None:
                 for problem in problems:
                     log.error("reload refused: {problem}", problem=str(problem))

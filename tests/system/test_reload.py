@@ -44,10 +44,12 @@ shutdown_window = {window}
 retry_ms = {retry}
 heartbeat = {heartbeat}
 metrics_listen = "tcp:{metrics}:interface=127.0.0.1"
-
+{extra}
+"""
+ROUTE = """
 [[route]]
 match = '^/events/(?P<channel>[a-z]+)$'
-action = "sse:${{channel}}"
+action = "sse:${channel}"
 """
 
 
@@ -127,8 +129,8 @@ class Bridge:
         os.kill(self.pids[-1] if self.pids else self.proc.pid, signum)
 
 
-#: ``bridge_factory(workers)``: a started ``twistd ssebridge``.
-StartBridge = Callable[[int], Bridge]
+#: ``bridge_factory(workers, extra=ROUTE)``: a started ``twistd ssebridge``.
+StartBridge = Callable[..., Bridge]
 
 
 def metrics_base(avoid: int) -> int:
@@ -161,7 +163,7 @@ def _alive(pid: int) -> bool:
 def bridge_factory(tmp_path: Path, redis: RedisProcess) -> Iterator[StartBridge]:
     started: list[Bridge] = []
 
-    def start(workers: int) -> Bridge:
+    def start(workers: int, extra: str = ROUTE) -> Bridge:
         port = free_port()
         config = tmp_path / "bridge.toml"
         config.write_text(
@@ -173,6 +175,7 @@ def bridge_factory(tmp_path: Path, redis: RedisProcess) -> Iterator[StartBridge]
                 retry=RETRY_MS,
                 heartbeat=15.0,
                 metrics=metrics_base(port),
+                extra=extra,
             )
         )
         log = tmp_path / "bridge.log"
@@ -351,3 +354,41 @@ def test_systemd_follows_the_hand_over_and_the_reload(
     for pid, fields in listener.notices:
         assert pid == main_of_the_moment, listener.notices
         main_of_the_moment = int(fields.get("MAINPID", main_of_the_moment))
+
+
+APP = """def application(environ, start_response):
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return [b"version 1"]
+"""
+
+
+def test_a_reload_whose_app_does_not_load_keeps_the_old_workers(
+    bridge_factory: StartBridge, tmp_path: Path
+) -> None:
+    """The file is sound (``--check`` does not import the app) but the new worker cannot start: the
+    reload stops there, the old workers keep serving, and the pool does not give up."""
+    (tmp_path / "app.py").write_text(APP)
+    bridge = bridge_factory(2, 'wsgi_file = "app.py"\n')
+    bridge.wait_log(r"all 2 workers ready")
+    assert http_get(bridge.port, "/hello") == (200, b"version 1")
+    (tmp_path / "app.py").write_text("raise ImportError('version 2 is broken')\n")
+    bridge.signal(signal.SIGHUP)
+    bridge.wait_log(r"reload stopped at worker 0")
+    for _ in range(20):  # both workers, whichever the kernel picks
+        assert http_get(bridge.port, "/hello") == (200, b"version 1")
+    assert bridge.proc.poll() is None
+    (tmp_path / "app.py").write_text(APP.replace("version 1", "version 2"))
+    bridge.signal(signal.SIGHUP)
+    bridge.wait_log(r"reload done")
+    for _ in range(20):
+        assert http_get(bridge.port, "/hello") == (200, b"version 2")
+
+
+def http_get(port: int, path: str) -> tuple[int, bytes]:
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(f"GET {path} HTTP/1.0\r\nHost: x\r\n\r\n".encode())
+        data = b""
+        while chunk := s.recv(65536):
+            data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    return int(head.split(b" ")[1]), body
