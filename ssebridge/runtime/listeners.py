@@ -216,9 +216,30 @@ def adopt_listeners(reactor: Any, families: Sequence[int], factory: Any) -> list
     ports = []
     for n, family in enumerate(families):
         fd = FIRST_FD + n
-        ports.append(reactor.adoptStreamPort(fd, family, factory))
+        port = reactor.adoptStreamPort(fd, family, factory)
         os.close(fd)  # adoptStreamPort dup()s it
+        if family == socket.AF_UNIX:
+            _keep_path(port)
+        ports.append(port)
     return ports
+
+
+def _keep_path(port: Any) -> None:
+    """Make a stopping unix port leave the socket it shares alone: its path, and its listening state.
+
+    Twisted, stopping a unix port (also one it adopted), unlinks its path and calls ``shutdown()`` on
+    the socket, which stops it listening in every process that shares it (its TCP ports skip the
+    shutdown for an adopted socket; its unix ports do not). Here the parent and the other workers
+    (or a reload's new worker) still accept from it: either would fail every new connection. Both
+    are Twisted's private attributes: a ``_bindPath`` in the abstract namespace (a leading NUL) is
+    never unlinked, and ``_shouldShutdown`` off is what its TCP ports set for adopted sockets.
+    """
+    path = getattr(port, "_bindPath", None)
+    if isinstance(path, bytes) and hasattr(port, "_shouldShutdown"):
+        port._bindPath = b"\0" + path
+        port._shouldShutdown = False
+    else:  # pragma: no cover - a Twisted that changed: say so rather than fail silently
+        log.warn("cannot keep the shared unix socket of {port}: a reload may break it", port=port)
 
 
 async def listen(reactor: Any, description: str, factory: Any, setting: str) -> IListeningPort:

@@ -37,7 +37,7 @@ WINDOW = 1.5
 PUBLISH_EVERY = 0.02
 
 
-CONFIG = """listen = ["tcp:{port}:interface=127.0.0.1"]
+CONFIG = """{listen}
 redis = "127.0.0.1:{redis}"
 workers = {workers}
 shutdown_window = {window}
@@ -129,7 +129,8 @@ class Bridge:
         os.kill(self.pids[-1] if self.pids else self.proc.pid, signum)
 
 
-#: ``bridge_factory(workers, extra=ROUTE)``: a started ``twistd ssebridge``.
+#: ``bridge_factory(workers, extra=ROUTE, wait=True)``: a started ``twistd ssebridge`` (``extra`` may
+#: set ``listen``; ``wait``: until its TCP port answers).
 StartBridge = Callable[..., Bridge]
 
 
@@ -163,12 +164,12 @@ def _alive(pid: int) -> bool:
 def bridge_factory(tmp_path: Path, redis: RedisProcess) -> Iterator[StartBridge]:
     started: list[Bridge] = []
 
-    def start(workers: int, extra: str = ROUTE) -> Bridge:
+    def start(workers: int, extra: str = ROUTE, wait: bool = True) -> Bridge:
         port = free_port()
         config = tmp_path / "bridge.toml"
         config.write_text(
             CONFIG.format(
-                port=port,
+                listen="" if "listen =" in extra else f'listen = ["tcp:{port}:interface=127.0.0.1"]',
                 redis=redis.address[1],
                 workers=workers,
                 window=WINDOW,
@@ -193,7 +194,8 @@ def bridge_factory(tmp_path: Path, redis: RedisProcess) -> Iterator[StartBridge]
         out.close()
         bridge = Bridge(proc, log, config, port)
         started.append(bridge)
-        wait_port(port, proc=proc)
+        if wait:
+            wait_port(port, proc=proc)
         return bridge
 
     yield start
@@ -392,3 +394,33 @@ def http_get(port: int, path: str) -> tuple[int, bytes]:
             data += chunk
     head, _, body = data.partition(b"\r\n\r\n")
     return int(head.split(b" ")[1]), body
+
+
+def test_a_unix_listener_keeps_its_path_through_reload_and_upgrade(
+    bridge_factory: StartBridge, tmp_path: Path
+) -> None:
+    """A replaced worker stops listening on a socket others still accept from: Twisted would unlink
+    its path as it stops, and every later connection would fail although the socket still listens."""
+    path = tmp_path / "bridge.sock"
+    bridge = bridge_factory(2, f'listen = ["unix:{path}"]\n', wait=False)
+    bridge.wait_log(r"all 2 workers ready")
+    assert unix_status(path) == 404
+    bridge.signal(signal.SIGHUP)
+    bridge.wait_log(r"reload done")
+    bridge.wait_log(r"Main loop terminated", count=2)  # both old workers have stopped
+    assert path.exists() and unix_status(path) == 404
+    bridge.signal(signal.SIGUSR2)
+    bridge.pids.append(int(bridge.wait_log(r"pid (\d+) serves now")[-1]))
+    assert bridge.proc.wait(20) == 0  # the old parent and its workers have stopped
+    assert path.exists() and unix_status(path) == 404
+
+
+def unix_status(path: Path) -> int:
+    with socket.socket(socket.AF_UNIX) as s:
+        s.settimeout(10)
+        s.connect(str(path))
+        s.sendall(b"GET /nope HTTP/1.0\r\nHost: x\r\n\r\n")
+        data = b""
+        while chunk := s.recv(65536):
+            data += chunk
+    return int(data.split(b" ")[1])
