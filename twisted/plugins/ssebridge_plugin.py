@@ -14,7 +14,9 @@ class Options(usage.Options):
     synopsis = "[--config FILE] [--check] [--strict]"
     longdesc = (
         "Bridge Redis pub/sub channels to Server-Sent Events clients. Without --config, runs the built-in "
-        "default: 127.0.0.1:9090, Redis at 127.0.0.1:6379, /events/<channel>, and the /clock demo."
+        "default: 127.0.0.1:9090, Redis at 127.0.0.1:6379, /events/<channel>, and the /clock demo. "
+        "SIGHUP reloads the config file (a bad one is refused) and SIGUSR2 hands the listening sockets "
+        "to a new process running the installed code: neither refuses a connection. SIGTERM stops."
     )
     optParameters = [["config", "c", None, "configuration file (.toml, or a uWSGI .ini)"]]
     optFlags = [
