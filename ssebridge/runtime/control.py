@@ -84,6 +84,9 @@ class Control:
         if not self.service.running:
             log.warn("SIGHUP ignored: the service has not started yet (or is stopping)")
             return Deferred.fromCoroutine(_false())
+        if self.handing_over:
+            log.warn("SIGHUP ignored: a new process is taking the sockets over")
+            return Deferred.fromCoroutine(_false())
         if isinstance(self.service, WorkerPool):
             log.info("SIGHUP: reloading {path}", path=self.config_path or "the built-in config")
             return self.service.reload(self.strict)
@@ -108,6 +111,9 @@ class Control:
         if self.handing_over:
             log.warn("a new process is already starting; ignored")
             return False
+        if isinstance(self.service, WorkerPool) and self.service.reloading:
+            log.warn("upgrade ignored: a reload is under way; send it again once it is done")
+            return False
         if not runs_in_foreground(sys.orig_argv):
             log.error("cannot hand over: twistd must run with --nodaemon for a new process to take over")
             return False
@@ -127,6 +133,7 @@ class Control:
             self.handing_over = False
         assert successor.transport is not None
         pid = successor.transport.pid
+        self.handing_over = True  # for good: signals from now on are the new process's to handle
         # systemd now follows the new process (its own notices count only once it is the main
         # one); ours stopping is not the service stopping.
         notify(f"MAINPID={pid}\nREADY=1")
