@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -27,7 +28,7 @@ from pathlib import Path
 import pytest
 
 from ssebridge.testing import RedisProcess, free_port
-from tests.helpers import twistd, wait_port
+from tests.helpers import REPO, TWISTD, twistd, wait_port
 from tests.system.sse_fleet import Fleet
 
 CLIENTS = int(os.environ.get("SSEBRIDGE_RELOAD_CLIENTS", "500"))
@@ -129,8 +130,9 @@ class Bridge:
         os.kill(self.pids[-1] if self.pids else self.proc.pid, signum)
 
 
-#: ``bridge_factory(workers, extra=ROUTE, wait=True)``: a started ``twistd ssebridge`` (``extra`` may
-#: set ``listen``; ``wait``: until its TCP port answers).
+#: ``bridge_factory(workers, extra=ROUTE, wait=True, activate=False)``: a started ``twistd ssebridge``
+#: (``extra`` may set ``listen``; ``wait``: until its TCP port answers; ``activate``: its socket
+#: opened and passed by ``systemd-socket-activate``).
 StartBridge = Callable[..., Bridge]
 
 
@@ -164,8 +166,10 @@ def _alive(pid: int) -> bool:
 def bridge_factory(tmp_path: Path, redis: RedisProcess) -> Iterator[StartBridge]:
     started: list[Bridge] = []
 
-    def start(workers: int, extra: str = ROUTE, wait: bool = True) -> Bridge:
+    def start(workers: int, extra: str = ROUTE, wait: bool = True, activate: bool = False) -> Bridge:
         port = free_port()
+        if activate:
+            extra = 'listen = "systemd:domain=INET:index=0"\n' + extra
         config = tmp_path / "bridge.toml"
         config.write_text(
             CONFIG.format(
@@ -181,16 +185,22 @@ def bridge_factory(tmp_path: Path, redis: RedisProcess) -> Iterator[StartBridge]
         )
         log = tmp_path / "bridge.log"
         out = log.open("wb")
-        proc = twistd(
-            "-n",
-            "--pidfile=",
-            "ssebridge",
-            "--config",
-            str(config),
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            cwd=tmp_path,
-        )
+        args = ["-n", "--pidfile=", "ssebridge", "--config", str(config)]
+        if activate:
+            # systemd's part: the socket is opened before the bridge and passed to it (fd 3).
+            activator = [
+                "systemd-socket-activate",
+                "-l",
+                f"127.0.0.1:{port}",
+                "--fdname=web",
+                "-E",
+                "PYTHONPATH",
+            ]
+            env = dict(os.environ, PYTHONPATH=str(REPO))
+            command = [*activator, *TWISTD, *args]
+            proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, cwd=tmp_path, env=env)
+        else:
+            proc = twistd(*args, stdout=out, stderr=subprocess.STDOUT, cwd=tmp_path)
         out.close()
         bridge = Bridge(proc, log, config, port)
         started.append(bridge)
@@ -214,15 +224,17 @@ def bridge_factory(tmp_path: Path, redis: RedisProcess) -> Iterator[StartBridge]
         bridge.proc.wait(5)
 
 
-def run_through(bridge: Bridge, redis: RedisProcess, signum: int, handover: bool) -> dict[str, float]:
+def run_through(
+    bridge: Bridge, redis: RedisProcess, signum: int, handover: bool, clients: int = CLIENTS
+) -> dict[str, float]:
     """Fleet, publisher and prober through ``signum``; assert nothing refused or lost; the figures."""
     publishing = Publishing(redis)
     publishing.start()
-    fleet = Fleet(bridge.port, "/events/news", CLIENTS)
+    fleet = Fleet(bridge.port, "/events/news", clients)
     fleet.start()
     prober = Prober(bridge.port)
     try:
-        fleet.wait(lambda: fleet.streaming() == CLIENTS and fleet.all_received(), 60, "all streaming")
+        fleet.wait(lambda: fleet.streaming() == clients and fleet.all_received(), 60, "all streaming")
         prober.start()
         time.sleep(0.3)
         signalled = time.monotonic()
@@ -258,7 +270,7 @@ def run_through(bridge: Bridge, redis: RedisProcess, signum: int, handover: bool
     assert report["hint_min"] >= RETRY_MS and report["hint_max"] <= RETRY_MS + WINDOW * 1000, report
     # Spread, not all at once: the hints of a few hundred streams are not all the same.
     assert report["hint_max"] > report["hint_min"], report
-    figures = {"clients": CLIENTS, "all_back_s": round(back, 2), "probes": prober.answered, **report}
+    figures = {"clients": clients, "all_back_s": round(back, 2), "probes": prober.answered, **report}
     print(f"\n{signal.Signals(signum).name} figures: {figures}")
     return figures
 
@@ -424,3 +436,14 @@ def unix_status(path: Path) -> int:
         while chunk := s.recv(65536):
             data += chunk
     return int(data.split(b" ")[1])
+
+
+@pytest.mark.skipif(shutil.which("systemd-socket-activate") is None, reason="systemd not installed")
+def test_a_socket_activated_pool_reloads_and_upgrades(
+    bridge_factory: StartBridge, redis: RedisProcess
+) -> None:
+    """systemd's socket (one, shared by the workers) through a reload and an upgrade."""
+    bridge = bridge_factory(2, activate=True)
+    bridge.wait_log(r"all 2 workers ready")
+    run_through(bridge, redis, signal.SIGHUP, handover=False, clients=100)
+    run_through(bridge, redis, signal.SIGUSR2, handover=True, clients=100)
