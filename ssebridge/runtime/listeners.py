@@ -7,6 +7,7 @@ Each worker serves its own metrics on ``per_worker_endpoint``.
 
 from __future__ import annotations
 
+import errno
 import os
 import socket
 import stat
@@ -176,7 +177,16 @@ def worker_sockets(
         if sock is None:
             if inherited is not None and spec.inherited_fd is not None:
                 raise StartError(f"listen {i}: the previous process passed no systemd socket")
-            sock = open_listener(spec)
+            try:
+                sock = open_listener(spec)
+            except OSError as e:
+                first = result[0][i] if result and e.errno == errno.EADDRINUSE else None
+                if first is None or inherited is None:
+                    raise
+                # A single-process bridge's socket (Twisted binds it without SO_REUSEPORT) allows
+                # no second one on its port: the workers added since all accept from it instead.
+                log.info("listen {i}: worker {w} shares the socket handed over", i=i, w=w)
+                return first
         opened.append(sock)
         return sock
 

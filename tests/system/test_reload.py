@@ -294,13 +294,18 @@ def test_reload_of_a_pool_refuses_nothing_and_loses_nothing(
     assert bridge.proc.poll() is None
 
 
-def test_reload_of_a_single_process_hands_over_to_a_pool_of_one(
+def test_reload_of_a_single_process_hands_over_to_a_pool(
     bridge_factory: StartBridge, redis: RedisProcess
 ) -> None:
+    """``workers = 1`` runs in one process; its reload hands the sockets to a parent and workers (here
+    two: the file now says so, and the second shares the socket Twisted bound without SO_REUSEPORT).
+    ``test_systemd_follows_the_hand_over_and_the_reload`` covers the pool of one."""
     bridge: Bridge = bridge_factory(1)
+    bridge.config.write_text(bridge.config.read_text().replace("workers = 1", "workers = 2"))
     run_through(bridge, redis, signal.SIGHUP, handover=True)
     assert bridge.proc.wait(20) == 0
-    # The new process is a parent with one worker: the next SIGHUP reloads in place.
+    bridge.wait_log(r"all 2 workers ready")
+    # The new process is a parent with its workers: the next SIGHUP reloads in place.
     bridge.signal(signal.SIGHUP)
     bridge.wait_log(r"reload done")
 
