@@ -299,16 +299,23 @@ class WorkerPool(MultiService):
             timer.cancel()
         if not ready:
             if old is not None and old.alive():
+                # The old one serves on; the new one's end is then not restarted (worker_ended).
                 self.workers[index] = old
-            elif not self.stopping:
-                self.workers[index] = fresh
-                self.worker_ended(fresh, Failure(RuntimeError("did not become ready")))
+            # Else the new one stays worker ``index``: its end restarts it with backoff.
             return False
         if old is not None and old.alive():
             self.retiring.add(old)
             old.signal("TERM")
+            # It runs the config it started with: its own window and drain bound its stop.
+            grace = max(self.config.shutdown_window, self.config.drain_timeout) + STOP_GRACE
+            self.reactor.callLater(grace, self._kill_retired, old)
             log.info("worker {index} replaced; the old one closes its streams", index=index)
         return True
+
+    def _kill_retired(self, worker: _WorkerProtocol) -> None:
+        if worker.alive():
+            log.warn("replaced worker {index} did not stop in time; killing it", index=worker.index)
+            worker.signal("KILL")
 
     def _too_slow(self, worker: _WorkerProtocol) -> None:
         if not worker.ready.called:
