@@ -452,3 +452,21 @@ def test_a_socket_activated_pool_reloads_and_upgrades(
     bridge.wait_log(r"all 2 workers ready")
     run_through(bridge, redis, signal.SIGHUP, handover=False, clients=100)
     run_through(bridge, redis, signal.SIGUSR2, handover=True, clients=100)
+
+
+def test_a_reload_keeps_the_sockets_when_listen_changed(bridge_factory: StartBridge) -> None:
+    """New sockets need a new process: the reload says so, keeps the old ones, applies the rest."""
+    bridge = bridge_factory(2)
+    bridge.wait_log(r"all 2 workers ready")
+    other = free_port()
+    text = bridge.config.read_text()
+    bridge.config.write_text(
+        text.replace(f"tcp:{bridge.port}:", f"tcp:{other}:").replace("workers = 2", "workers = 3")
+    )
+    bridge.signal(signal.SIGHUP)
+    bridge.wait_log(r"reload done")
+    log = bridge.text()
+    assert "reload: listen changed" in log and "reload: workers changed from 2 to 3" in log
+    assert http_get(bridge.port, "/nope")[0] == 404
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(("127.0.0.1", other), timeout=5).close()
