@@ -114,7 +114,8 @@ class Control:
         if isinstance(self.service, WorkerPool) and self.service.reloading:
             log.warn("upgrade ignored: a reload is under way; send it again once it is done")
             return False
-        if not runs_in_foreground(sys.orig_argv):
+        # twistd's own arguments (``ssebridge run`` hands twistd a command line of its making).
+        if not runs_in_foreground(sys.argv):
             log.error("cannot hand over: twistd must run with --nodaemon for a new process to take over")
             return False
         sockets = self.sockets()
