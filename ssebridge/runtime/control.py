@@ -27,7 +27,7 @@ from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
 from ssebridge.config.model import check_config
-from ssebridge.runtime.handoff import Sockets, start_successor
+from ssebridge.runtime.handoff import Sockets, Successor, start_successor
 from ssebridge.runtime.pool import WorkerPool
 from ssebridge.runtime.sdnotify import notify, reloading_notice
 from ssebridge.runtime.service import BridgeService
@@ -69,11 +69,19 @@ class Control:
         self.handing_over = False
         #: Listening ports given up to a successor: kept referenced (and never closed) until exit.
         self.released: list[Any] = []
+        #: The process a hand-over is starting, until it is ready or given up.
+        self.successor: Successor | None = None
 
     def install(self) -> None:
         """Handle SIGHUP and SIGUSR2 (the handlers only schedule the work on the reactor)."""
         signal.signal(signal.SIGHUP, lambda *_: self.reactor.callFromThread(self.reload))
         signal.signal(signal.SIGUSR2, lambda *_: self.reactor.callFromThread(self._usr2))
+        self.reactor.addSystemEventTrigger("before", "shutdown", self._abandon)
+
+    def _abandon(self) -> None:
+        # Stopping (SIGTERM) while a successor starts: it must not go on serving without us.
+        if self.successor is not None:
+            self.successor.give_up("this process is stopping")
 
     def _usr2(self) -> None:
         log.info("SIGUSR2: starting a new process on our listening sockets")
@@ -125,13 +133,14 @@ class Control:
         self.handing_over = True
         notify(reloading_notice())
         try:
-            successor = start_successor(self.reactor, sockets)
+            successor = self.successor = start_successor(self.reactor, sockets)
             if not await successor.ready:
                 log.error("hand-over failed: this process keeps serving")
                 notify("READY=1")
                 return False
         finally:
             self.handing_over = False
+            self.successor = None
         assert successor.transport is not None
         pid = successor.transport.pid
         self.handing_over = True  # for good: signals from now on are the new process's to handle

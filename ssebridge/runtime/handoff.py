@@ -98,11 +98,11 @@ class Successor(ProcessProtocol):
             log.error("the new process exited before it was ready: {why}", why=reason.getErrorMessage())
             self.ready.callback(False)
 
-    def give_up(self) -> None:
-        """Too slow: stop waiting, and stop it (it would otherwise serve beside us, unsupervised)."""
+    def give_up(self, why: str = f"it was not ready within {READY_TIMEOUT:.0f}s") -> None:
+        """Stop waiting, and stop it (it would otherwise serve beside us, or after us, unsupervised)."""
         if self.ready.called:
             return
-        log.error("the new process was not ready within {timeout:.0f}s; stopping it", timeout=READY_TIMEOUT)
+        log.error("stopping the new process: {why}", why=why)
         if self.transport is not None and self.transport.pid:
             self.transport.signalProcess("KILL")
         self.ready.callback(False)

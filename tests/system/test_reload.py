@@ -129,6 +129,10 @@ class Bridge:
     def signal(self, signum: int) -> None:
         os.kill(self.pids[-1] if self.pids else self.proc.pid, signum)
 
+    def signal_main(self, signum: int) -> None:
+        """Signal the first process, whatever it started since."""
+        os.kill(self.proc.pid, signum)
+
 
 #: ``bridge_factory(workers, extra=ROUTE, wait=True, activate=False)``: a started ``twistd ssebridge``
 #: (``extra`` may set ``listen``; ``wait``: until its TCP port answers; ``activate``: its socket
@@ -470,3 +474,23 @@ def test_a_reload_keeps_the_sockets_when_listen_changed(bridge_factory: StartBri
     assert http_get(bridge.port, "/nope")[0] == 404
     with pytest.raises(ConnectionRefusedError):
         socket.create_connection(("127.0.0.1", other), timeout=5).close()
+
+
+def test_a_stop_during_an_upgrade_stops_the_new_process_too(
+    bridge_factory: StartBridge, redis: RedisProcess
+) -> None:
+    """SIGTERM while the new process starts: it must not serve on, unsupervised, after the old exits.
+    (Redis is down, so the new workers wait for it before they report ready: the new process is
+    still starting when SIGTERM arrives.)"""
+    bridge = bridge_factory(1)
+    redis.kill()
+    bridge.signal(signal.SIGUSR2)
+    pid = int(bridge.wait_log(r"started the new process, pid (\d+)")[-1])
+    bridge.pids.append(pid)
+    bridge.signal_main(signal.SIGTERM)
+    bridge.proc.wait(20)
+    bridge.wait_log(r"stopping the new process: this process is stopping")
+    deadline = time.monotonic() + 10
+    while _alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not _alive(pid)
