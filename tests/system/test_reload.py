@@ -19,7 +19,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -29,13 +28,12 @@ import pytest
 
 from ssebridge.testing import RedisProcess, free_port
 from tests.helpers import REPO, TWISTD, twistd, wait_port
+from tests.system.reload_support import NotifyListener, Prober, Publishing, alive, http_get, unix_status
 from tests.system.sse_fleet import Fleet
 
 CLIENTS = int(os.environ.get("SSEBRIDGE_RELOAD_CLIENTS", "500"))
 RETRY_MS = 300
 WINDOW = 1.5
-#: Seconds between two published events.
-PUBLISH_EVERY = 0.02
 
 
 CONFIG = """{listen}
@@ -52,57 +50,6 @@ ROUTE = """
 match = '^/events/(?P<channel>[a-z]+)$'
 action = "sse:${channel}"
 """
-
-
-class Prober(threading.Thread):
-    """New connections in a loop, each asking ``/probe`` (a 404): counts what is not an HTTP answer."""
-
-    def __init__(self, port: int) -> None:
-        super().__init__(daemon=True)
-        self.port = port
-        self.stop = threading.Event()
-        self.answered = 0
-        self.refused = 0
-        self.failed: list[str] = []
-
-    def run(self) -> None:
-        while not self.stop.is_set():
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=10) as s:
-                    s.sendall(b"GET /probe HTTP/1.0\r\nHost: x\r\n\r\n")
-                    data = b""
-                    while chunk := s.recv(4096):
-                        data += chunk
-                if data.startswith(b"HTTP/1.") and data.split(b" ")[1] == b"404":
-                    self.answered += 1
-                else:
-                    self.failed.append(repr(data[:60]))
-            except ConnectionRefusedError:
-                self.refused += 1
-            except OSError as e:
-                self.failed.append(repr(e))
-            time.sleep(0.002)
-
-
-class Publishing(threading.Thread):
-    """Publishes 1, 2, 3... to ``news`` with ids, every ``PUBLISH_EVERY`` seconds."""
-
-    def __init__(self, redis: RedisProcess) -> None:
-        super().__init__(daemon=True)
-        import redis as redis_py
-
-        from ssebridge.publish import Publisher
-
-        host, port = redis.address
-        self.publisher = Publisher(redis_py.Redis(host=host, port=port), history=100_000)
-        self.stop = threading.Event()
-        self.published = 0
-
-    def run(self) -> None:
-        while not self.stop.is_set():
-            self.publisher.publish("news", str(self.published + 1))
-            self.published += 1
-            time.sleep(PUBLISH_EVERY)
 
 
 @dataclass
@@ -154,18 +101,6 @@ def metrics_base(avoid: int) -> int:
         return base
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    # A zombie (our own child, not reaped yet) has stopped.
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] != "Z"
-    except OSError:
-        return False
-
-
 @pytest.fixture
 def bridge_factory(tmp_path: Path, redis: RedisProcess) -> Iterator[StartBridge]:
     started: list[Bridge] = []
@@ -215,15 +150,15 @@ def bridge_factory(tmp_path: Path, redis: RedisProcess) -> Iterator[StartBridge]
     yield start
     for bridge in started:
         for pid in [bridge.proc.pid, *bridge.pids]:
-            if _alive(pid):
+            if alive(pid):
                 os.kill(pid, signal.SIGTERM)
         deadline = time.monotonic() + 20
         for pid in [bridge.proc.pid, *bridge.pids]:
-            while _alive(pid) and time.monotonic() < deadline:
+            while alive(pid) and time.monotonic() < deadline:
                 if pid == bridge.proc.pid:
                     bridge.proc.poll()
                 time.sleep(0.05)
-            if _alive(pid):
+            if alive(pid):
                 os.kill(pid, signal.SIGKILL)
         bridge.proc.wait(5)
 
@@ -321,35 +256,6 @@ def test_upgrade_hands_the_sockets_to_a_new_process(bridge_factory: StartBridge,
     assert bridge.proc.wait(20) == 0
 
 
-class NotifyListener:
-    """systemd's side of ``NOTIFY_SOCKET``, with the sender's pid of every notice (SO_PASSCRED)."""
-
-    def __init__(self, path: Path) -> None:
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
-        self.sock.bind(str(path))
-        self.notices: list[tuple[int, dict[str, str]]] = []
-
-    def next(self, key: str, timeout: float = 30.0) -> tuple[int, dict[str, str]]:
-        """The next notice that sets ``key`` (those before it are kept in ``notices``)."""
-        deadline = time.monotonic() + timeout
-        while True:
-            self.sock.settimeout(max(0.01, deadline - time.monotonic()))
-            try:
-                data, ancillary, _, _ = self.sock.recvmsg(4096, socket.CMSG_SPACE(12))
-            except TimeoutError:
-                raise AssertionError(f"no {key} notice in {timeout}s; got {self.notices}") from None
-            pid = next(
-                int.from_bytes(d[:4], "little")
-                for level, kind, d in ancillary
-                if kind == socket.SCM_CREDENTIALS
-            )
-            fields = dict(line.split("=", 1) for line in data.decode().splitlines() if "=" in line)
-            self.notices.append((pid, fields))
-            if key in fields:
-                return pid, fields
-
-
 def test_systemd_follows_the_hand_over_and_the_reload(
     bridge_factory: StartBridge, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -407,16 +313,6 @@ def test_a_reload_whose_app_does_not_load_keeps_the_old_workers(
         assert http_get(bridge.port, "/hello") == (200, b"version 2")
 
 
-def http_get(port: int, path: str) -> tuple[int, bytes]:
-    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
-        s.sendall(f"GET {path} HTTP/1.0\r\nHost: x\r\n\r\n".encode())
-        data = b""
-        while chunk := s.recv(65536):
-            data += chunk
-    head, _, body = data.partition(b"\r\n\r\n")
-    return int(head.split(b" ")[1]), body
-
-
 def test_a_unix_listener_keeps_its_path_through_reload_and_upgrade(
     bridge_factory: StartBridge, tmp_path: Path
 ) -> None:
@@ -434,17 +330,6 @@ def test_a_unix_listener_keeps_its_path_through_reload_and_upgrade(
     bridge.pids.append(int(bridge.wait_log(r"pid (\d+) serves now")[-1]))
     assert bridge.proc.wait(20) == 0  # the old parent and its workers have stopped
     assert path.exists() and unix_status(path) == 404
-
-
-def unix_status(path: Path) -> int:
-    with socket.socket(socket.AF_UNIX) as s:
-        s.settimeout(10)
-        s.connect(str(path))
-        s.sendall(b"GET /nope HTTP/1.0\r\nHost: x\r\n\r\n")
-        data = b""
-        while chunk := s.recv(65536):
-            data += chunk
-    return int(data.split(b" ")[1])
 
 
 @pytest.mark.skipif(shutil.which("systemd-socket-activate") is None, reason="systemd not installed")
@@ -491,6 +376,6 @@ def test_a_stop_during_an_upgrade_stops_the_new_process_too(
     bridge.proc.wait(20)
     bridge.wait_log(r"stopping the new process: this process is stopping")
     deadline = time.monotonic() + 10
-    while _alive(pid) and time.monotonic() < deadline:
+    while alive(pid) and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert not _alive(pid)
+    assert not alive(pid)
