@@ -4,16 +4,20 @@ socket directly, and asking whether a request's client is gone.
 Why internals at all: a stream is the hot path. Once its headers are out, holding a ``Request`` and an
 ``HTTPChannel`` per client costs kilobytes each, and writing through ``transport.write`` costs two
 ``epoll_ctl`` calls and a reactor turn per delivery, while the kernel's buffer almost always has room.
-So a stream becomes the TCP connection's protocol and producer, and sends straight to the socket when
-Twisted has nothing queued for it (anything queued must go first, to keep order).
+So a stream becomes the TCP connection's protocol, and sends straight to the socket.
 
-What this relies on: ``tcp.Connection`` has ``dataBuffer`` and ``offset`` (its write buffer, from
-``abstract.FileDescriptor``) and producer registration, and ``twisted.web.http.Request`` has
-``_disconnected``: class attributes, checked once at import (``CONTRACT``); a connection has
-``_tempDataLen`` (the rest of its write buffer) and a ``socket``: instance attributes, checked on
-the first connection taken over (``INSTANCE_CONTRACT``). When any is missing (a Twisted release that
-changed them), ``DIRECT`` becomes false, a warning is logged once, and streams use only public API:
-``request.write`` with a registered producer. Slower, never wrong. The range of Twisted
+Order is kept without reading Twisted's write buffer: ``take_over`` registers the stream as a *pull*
+producer, and Twisted calls a pull producer's ``resumeProducing`` each time its buffer for the
+connection has emptied. A stream that hands Twisted bytes (the rest of a send the kernel took only
+part of) sends nothing directly again until that call: Twisted's bytes always go first. The first
+direct send waits for the first such call after the take-over (the response head goes first).
+
+What this relies on: ``tcp.Connection`` producer registration (``registerProducer``,
+``unregisterProducer``), ``startWriting`` and a settable ``protocol``, and
+``twisted.web.http.Request._disconnected``: checked once at import (``CONTRACT``); a connection's
+``socket``: checked on the first connection taken over (``INSTANCE_CONTRACT``). When any is missing (a
+Twisted release that changed them), ``DIRECT`` becomes false, a warning is logged once, and streams use
+only public API: ``request.write`` with a registered producer. Slower, never wrong. The range of Twisted
 releases this was checked on is pinned in ``setup.py``; ``tests/unit/test_takeover.py`` pins the
 contract itself.
 """
@@ -31,7 +35,6 @@ from twisted.web.http import Request
 __all__ = [
     "CONTRACT",
     "DIRECT",
-    "GONE",
     "INSTANCE_CONTRACT",
     "direct_sender",
     "gone",
@@ -43,18 +46,14 @@ log = Logger()
 
 #: (class, attribute) pairs the direct path reads or writes.
 CONTRACT: tuple[tuple[type, str], ...] = (
-    (tcp.Connection, "dataBuffer"),
-    (tcp.Connection, "offset"),
     (tcp.Connection, "registerProducer"),
     (tcp.Connection, "unregisterProducer"),
+    (tcp.Connection, "startWriting"),
     (Request, "_disconnected"),
 )
 
 #: Attributes a live ``tcp.Connection`` must have (set in its ``__init__``, so not on the class).
-INSTANCE_CONTRACT = ("_tempDataLen", "socket")
-
-#: What ``direct_sender``'s function returns when the peer is gone (the reactor reports it next turn).
-GONE = -1
+INSTANCE_CONTRACT = ("socket",)
 
 
 def missing_internals() -> list[str]:
@@ -101,7 +100,12 @@ def take_over(request: Request, producer: IPushProducer) -> Any | None:
     # becomes the protocol that hears about reads and the connection's end.
     transport.unregisterProducer()
     transport.protocol = producer
-    transport.registerProducer(producer, True)
+    # A pull producer: Twisted calls its resumeProducing whenever its buffer has emptied (and once now,
+    # whatever the buffer holds: the caller ignores that call). The response head may still be in
+    # Twisted's buffer: startWriting makes the reactor flush it and then say so, on its next turn, even
+    # when it is already empty.
+    transport.registerProducer(producer, False)
+    transport.startWriting()
     # twisted.web may have paused reading while it handled the request; a stream must keep reading,
     # or it would not notice the client leave.
     transport.resumeProducing()
@@ -110,26 +114,13 @@ def take_over(request: Request, producer: IPushProducer) -> Any | None:
 
 
 def direct_sender(transport: Any) -> Callable[[bytes], int]:
-    """A function sending bytes straight to a taken-over connection's socket.
+    """The ``send`` of a taken-over connection's socket: how many bytes the kernel took, or
+    ``BlockingIOError`` when it took none, ``OSError`` when the peer has gone.
 
-    It returns how many bytes the kernel took: all of them in the common case; fewer, or 0, when its
-    buffer is full or when Twisted still has bytes queued for this connection (those must go first:
-    the caller then queues the rest behind them); ``GONE`` when the peer has gone.
+    Call it only while Twisted holds nothing for the connection (see the module's docstring).
     """
-    sock_send = transport.socket.send
-
-    def send_now(payload: bytes) -> int:
-        if transport._tempDataLen or transport.offset != len(transport.dataBuffer):
-            return 0
-        try:
-            sent: int = sock_send(payload)
-        except BlockingIOError:
-            return 0
-        except OSError:
-            return GONE
-        return sent
-
-    return send_now
+    send: Callable[[bytes], int] = transport.socket.send
+    return send
 
 
 def gone(request: Request) -> bool:

@@ -23,7 +23,7 @@ from ssebridge.hub.channels import Hub
 from ssebridge.interfaces import Subscriber
 from ssebridge.logs import printable
 from ssebridge.publish.envelope import EventId
-from ssebridge.takeover import GONE, direct_sender, gone, take_over
+from ssebridge.takeover import direct_sender, gone, take_over
 
 log = Logger()
 
@@ -90,6 +90,7 @@ class Stream:
         "_transport",
         "_chunked",
         "_paused",
+        "_busy",
         "_queue",
         "_queued",
         "_client_buffer",
@@ -137,6 +138,8 @@ class Stream:
         self._transport: Any = None
         self._chunked = False
         self._paused = False
+        # Taken over: Twisted holds bytes we gave it and has not yet asked for more (``resumeProducing``).
+        self._busy = False
         # Payloads (chunk-framed when chunked) not yet handed to the transport, oldest first. Shared
         # frames are queued as they are, or as a memoryview of their unsent rest: never a copy per
         # client. ``_queued`` counts their bytes: what the client's buffer bound applies to. Made
@@ -221,6 +224,8 @@ class Stream:
             self._transport = taken
             self._request = None
             self._sender = direct_sender(taken)
+            # Until Twisted says its buffer (the response head) is written: see ssebridge.takeover.
+            self._busy = True
         early, self._early = self._early, None
         for data in early or ():
             self._enqueue(_chunk(data) if self._chunked else data)
@@ -242,15 +247,20 @@ class Stream:
 
         Counted once here, however it leaves: straight to the socket, or queued behind what is.
         """
-        direct = self._direct
-        if direct is not None:
-            # The hot path: nothing queued, so the kernel's buffer almost always takes it all now.
+        send_now = self._direct
+        if send_now is not None:
+            # The hot path: nothing queued here or in Twisted, so the kernel almost always takes it all.
             payload = _chunk(data) if self._chunked else data
             self.frames += count
             self.bytes += len(data)
-            sent = direct(payload)
-            if sent == len(payload) or sent == GONE:
-                return  # a gone peer is reported by the reactor (connectionLost) next turn
+            try:
+                sent = send_now(payload)
+            except BlockingIOError:
+                sent = 0
+            except OSError:
+                return  # the peer is gone: the reactor reports it (connectionLost) next turn
+            if sent == len(payload):
+                return
             self._enqueue(memoryview(payload)[sent:] if sent else payload)
         else:
             if self._closed:
@@ -276,14 +286,17 @@ class Stream:
         self._direct = None
 
     def _drain(self) -> None:
-        """Hand queued bytes to the transport a bounded piece at a time, until it asks us to pause;
-        reopen the fast path once nothing is left.
+        """Hand queued bytes to Twisted a bounded piece at a time; reopen the fast path once nothing is
+        left here or there.
 
-        Twisted copies what it is given into a buffer of its own for each connection; pieces of at
-        most ``PIECE`` bytes keep that copy small however large a shared frame is.
+        Taken over (``_sender``), one piece at a time: the next when Twisted has written the last
+        (``resumeProducing``). Through twisted.web, pieces until it asks us to pause. Twisted copies
+        what it is given into a buffer of its own for each connection; pieces of at most ``PIECE``
+        bytes keep that copy small however large a shared frame is.
         """
         queue, transport = self._queue, self._transport
-        while queue and not self._paused and transport is not None:
+        taken = self._sender is not None
+        while queue and not self._paused and not self._busy and transport is not None:
             head = queue[0]
             piece: bytes | memoryview
             if len(head) > PIECE:
@@ -292,11 +305,12 @@ class Stream:
             else:
                 piece = queue.popleft()
             self._queued -= len(piece)
-            # May call pauseProducing before it returns.
+            self._busy = taken
+            # May call pauseProducing before it returns (through twisted.web).
             transport.write(bytes(piece) if isinstance(piece, memoryview) else piece)
         if not queue:
             self._queue = None
-            if not self._paused and not self._closed and self._started:
+            if taken and not self._busy and not self._closed and self._started:
                 self._direct = self._sender
 
     def _set_stream_headers(self, request: Request) -> None:
@@ -319,7 +333,9 @@ class Stream:
         self._direct = None
 
     def resumeProducing(self) -> None:
+        # Through twisted.web: it had paused us. Taken over: Twisted's buffer has emptied.
         self._paused = False
+        self._busy = False
         self._drain()
 
     def stopProducing(self) -> None:

@@ -74,6 +74,7 @@ class Channel:
         "refused",
         "stats",
         "last_id",
+        "known_id",
         "replayer",
         "_unconfirmed",
         "_names",
@@ -83,6 +84,7 @@ class Channel:
         "_waiting",
         "_resume",
         "_replaying",
+        "_trailing",
         "_held",
     )
 
@@ -95,8 +97,12 @@ class Channel:
         self.ever_confirmed = False
         #: The server's error while it refuses the subscription, else ``None``.
         self.refused: str | None = None
-        #: The newest id delivered live (or that history held when the channel was subscribed).
+        #: The newest id delivered live: what later live events are checked against (none twice).
         self.last_id: EventId | None = None
+        #: The newest id history held when the channel was subscribed, before anything was delivered:
+        #: where a catch-up starts when nothing was. Never used to drop a live event: one published
+        #: before that read may still be on its way on the other connection.
+        self.known_id: EventId | None = None
         # The transport names it is subscribed under (the plain and the envelope channel): confirmed
         # once every one of them is.
         self._names = names
@@ -107,11 +113,22 @@ class Channel:
         self._waiting: dict[Subscriber, Deferred[None]] = {}
         self._resume: dict[Subscriber, EventId | None] = {}
         self._replaying: dict[Subscriber, list[_Held]] = {}
+        # Replayed subscribers whose replay reached further than the live events have yet: live events
+        # up to that id (read by the replay, still on their way on the subscriber connection) are not
+        # sent them again. They join their live set once the live events pass it.
+        self._trailing: dict[Subscriber, EventId] = {}
         #: Events that arrived live while the channel catches up from history, else ``None``.
         self._held: list[Envelope] | None = None
 
     def __len__(self) -> int:
-        return len(self._sse) + len(self._raw) + len(self._mux) + len(self._waiting) + len(self._replaying)
+        return (
+            len(self._sse)
+            + len(self._raw)
+            + len(self._mux)
+            + len(self._waiting)
+            + len(self._replaying)
+            + len(self._trailing)
+        )
 
     def _live_set(self, subscriber: Subscriber) -> set[Subscriber]:
         if subscriber.mode == "sseraw":
@@ -168,6 +185,7 @@ class Channel:
         self._mux.discard(subscriber)
         self._resume.pop(subscriber, None)
         self._replaying.pop(subscriber, None)
+        self._trailing.pop(subscriber, None)
         waiting = self._waiting.pop(subscriber, None)
         if waiting is not None and not waiting.called:
             waiting.cancel()
@@ -215,6 +233,8 @@ class Channel:
         n = len(messages)
         for held in self._replaying.values():
             held.append(("m", messages))
+        for subscriber in tuple(self._trailing):
+            self._send_plain_one(subscriber, messages)
         # Snapshot the sets: a subscriber's send may detach it (a slow client cut off).
         if self._sse or self._mux:
             data = encode_batch(messages)
@@ -248,7 +268,7 @@ class Channel:
 
     def hole_at(self, events: Sequence[Envelope]) -> int | None:
         """The index of the first event whose predecessor in history was never delivered, if any."""
-        last = self.last_id
+        last = self.last_id if self.last_id is not None else self.known_id
         for i, e in enumerate(events):
             if last is not None and e.previous is not None and e.previous > last:
                 return i
@@ -262,6 +282,8 @@ class Channel:
         self.last_id = events[-1].id
         for held in self._replaying.values():
             held.append(("e", events))
+        if self._trailing:
+            self._overtake(events)
         stats = self.stats
         n = len(events)
         if self._sse:
@@ -279,6 +301,18 @@ class Channel:
                 for subscriber in tuple(self._raw):
                     subscriber.send(raw, n)
                 stats.frames_delivered += len(self._raw) * n
+
+    def _overtake(self, events: Sequence[Envelope]) -> None:
+        """Live events to trailing subscribers: those past each one's replay; a subscriber the live
+        events have caught up with joins its live set."""
+        newest = events[-1].id
+        for subscriber, floor in tuple(self._trailing.items()):
+            newer = [e for e in events if e.id > floor]
+            if newer:
+                self._send_one(subscriber, newer)
+            if newest >= floor:
+                del self._trailing[subscriber]
+                self._live_set(subscriber).add(subscriber)
 
     def send_events(self, subscriber: Subscriber, events: Sequence[Envelope]) -> None:
         """Events to one subscriber that has its own ``id:`` (several channels) or names events."""
@@ -300,7 +334,8 @@ class Channel:
     def send_gap(self, reason: str, subscribers: Sequence[Subscriber] | None = None) -> None:
         """Tell SSE subscribers (all of them, or those given) that events were missed."""
         frame = gap([self.name], reason)
-        for subscriber in subscribers if subscribers is not None else (*self._sse, *self._mux):
+        everyone = (*self._sse, *self._mux, *self._trailing)
+        for subscriber in subscribers if subscribers is not None else everyone:
             subscriber.send(frame, 0)
 
     # Catching up (the group reads; the channel holds and releases).
@@ -350,7 +385,12 @@ class Channel:
             if newer:
                 self._send_one(subscriber, newer)  # type: ignore[arg-type]
                 last = newer[-1].id  # type: ignore[union-attr]
-        self._live_set(subscriber).add(subscriber)
+        if last is not None and (self.last_id is None or self.last_id < last):
+            # History answered on its own connection, ahead of the live events: some it read may
+            # still arrive live. Until they have, this subscriber is sent only what is newer.
+            self._trailing[subscriber] = last
+        else:
+            self._live_set(subscriber).add(subscriber)
 
     def _send_one(
         self, subscriber: Subscriber, events: Sequence[Envelope], frame: bytes | None = None

@@ -150,11 +150,11 @@ class ChannelGroup(PatternGroup, HistoryReplay):
         ch = found[0]
         again = ch.ever_confirmed
         if ch.confirm(channel) and self.history is not None:
-            if again and ch.last_id is not None:
+            if again and (ch.last_id is not None or ch.known_id is not None):
                 # Resubscribed after a reconnect: what was published meanwhile is in history.
                 ch.hold()
                 self._catch_up(ch)
-            elif ch.last_id is None:
+            elif ch.last_id is None and ch.known_id is None:
                 self._learn_last_id(ch)
 
     def subscribe_failed(self, channel: bytes, error: str) -> None:

@@ -41,8 +41,7 @@ class HistoryReplay:
         assert self.history is not None
 
         def learned(last: EventId | None) -> None:
-            if ch.last_id is None:
-                ch.last_id = last
+            ch.known_id = last
 
         def failed(failure: Failure) -> None:
             log.info(
@@ -113,7 +112,7 @@ class HistoryReplay:
 
     def _catch_up(self, ch: Channel) -> None:
         """Read what ``ch`` missed since its last id; deliver it, then what was held meanwhile."""
-        last = ch.last_id
+        last = ch.last_id if ch.last_id is not None else ch.known_id
         if last is None or self.history is None:
             ch.release([])
             return

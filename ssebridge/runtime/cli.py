@@ -8,7 +8,7 @@ from typing import Any
 
 from twisted.application.service import Service
 
-from ssebridge.config.model import Config, ConfigError, check_config, default_config, load_config
+from ssebridge.config.model import Config, ConfigError, default_config, load_config
 from ssebridge.runtime.control import Control
 from ssebridge.runtime.handoff import Sockets, inherited_sockets
 from ssebridge.runtime.pool import WorkerPool
@@ -23,9 +23,9 @@ def make_service(options: Mapping[str, Any]) -> Service:
     """
     path = options.get("config")
     if options.get("check"):
-        raise SystemExit(check(path))
+        raise SystemExit(check(path, bool(options.get("strict"))))
     try:
-        config = load_config(path) if path else default_config()
+        config = load_config(path, strict=bool(options.get("strict"))) if path else default_config()
     except ConfigError as e:
         sys.stderr.write(f"ssebridge: {e}\n")
         raise SystemExit(2) from None
@@ -63,19 +63,8 @@ def _build(config: Config, path: str | None, inherited: Sockets | None) -> Servi
         raise SystemExit(2) from None
 
 
-def check(path: str | None) -> int:
-    """``--check``: report every problem of the config (one line each) and its warnings; 0 if sound."""
-    if not path:
-        default_config()
-        sys.stdout.write("ssebridge: the built-in default config is sound\n")
-        return 0
-    config, problems = check_config(path)
-    for problem in problems:
-        sys.stderr.write(f"ssebridge: {problem}\n")
-    if config is None:
-        sys.stderr.write(f"ssebridge: {path}: {len(problems)} problem(s)\n")
-        return 1
-    for warning in config.warnings:
-        sys.stdout.write(f"ssebridge: warning: {warning}\n")
-    sys.stdout.write(f"ssebridge: {path} is sound\n")
-    return 0
+def check(path: str | None, strict: bool = False) -> int:
+    """``--check``: every error and warning of the config, in file order; 0 if sound, else 1."""
+    from ssebridge.runtime.command import check_command
+
+    return check_command(path, strict)

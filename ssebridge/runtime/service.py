@@ -84,11 +84,11 @@ class BridgeService(MultiService):
             body_min_rate=config.body_min_rate,
             max_connections=config.max_connections,
             streams=self.open_streams,
+            access_log=config.access_log,
         )
         self.metrics_site: BridgeSite | None = None
         if config.metrics_path:
             from ssebridge.http.metrics import HealthResource, MetricsResource
-            access_log=config.access_log,
 
             base = config.metrics_path.rsplit("/", 1)[0]
             self.bridge.fixed[config.metrics_path] = MetricsResource(self.hub, self.open_streams)
