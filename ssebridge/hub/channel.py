@@ -282,8 +282,6 @@ class Channel:
         self.last_id = events[-1].id
         for held in self._replaying.values():
             held.append(("e", events))
-        if self._trailing:
-            self._overtake(events)
         stats = self.stats
         n = len(events)
         if self._sse:
@@ -301,6 +299,9 @@ class Channel:
                 for subscriber in tuple(self._raw):
                     subscriber.send(raw, n)
                 stats.frames_delivered += len(self._raw) * n
+        # Last: a trailing subscriber that joins its live set here must not get this batch again.
+        if self._trailing:
+            self._overtake(events)
 
     def _overtake(self, events: Sequence[Envelope]) -> None:
         """Live events to trailing subscribers: those past each one's replay; a subscriber the live

@@ -326,12 +326,6 @@ def test_event_source_starts_from_an_id_embedded_in_the_page(
     assert state["gaps"] == [] and state["opens"] == 1 and state["errors"] == []
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="defect found by this test (1 run in 7 or so): an event in both a resuming client's replay and "
-    "a live batch that reaches the bridge after the replay's reply is sent twice: Channel.replayed "
-    "moves the client to the live set while the channel's last_id is still behind the replay's end",
-)
 def test_event_source_resumes_while_publishing_never_pauses(
     bridges: Bridges, browser: Browser, redis: RedisProcess, publisher: Publisher
 ) -> None:
