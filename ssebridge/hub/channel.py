@@ -36,6 +36,7 @@ from ssebridge.frames import (
     id_line,
 )
 from ssebridge.hub.stats import Stats
+from ssebridge.hub.subscription import Subscription
 from ssebridge.interfaces import Subscriber
 from ssebridge.publish.envelope import Envelope, EventId, format_id, format_position
 
@@ -64,20 +65,14 @@ def frame_events(events: Sequence[Envelope]) -> bytes:
     )
 
 
-class Channel:
+class Channel(Subscription):
     """One subscribed channel (see the module's docstring)."""
 
     __slots__ = (
-        "name",
-        "confirmed",
         "ever_confirmed",
-        "refused",
-        "stats",
         "last_id",
         "known_id",
         "replayer",
-        "_unconfirmed",
-        "_names",
         "_sse",
         "_raw",
         "_mux",
@@ -89,24 +84,17 @@ class Channel:
     )
 
     def __init__(self, name: bytes, names: tuple[bytes, ...], stats: Stats, replayer: Replayer) -> None:
-        self.name = name
-        self.stats = stats
+        # Its transport names: the channel, and its envelope channel.
+        super().__init__(name, names, stats)
         self.replayer = replayer
-        self.confirmed = False
         #: Whether it was ever confirmed: a confirmation after that follows a reconnect.
         self.ever_confirmed = False
-        #: The server's error while it refuses the subscription, else ``None``.
-        self.refused: str | None = None
         #: The newest id delivered live: what later live events are checked against (none twice).
         self.last_id: EventId | None = None
         #: The newest id history held when the channel was subscribed, before anything was delivered:
         #: where a catch-up starts when nothing was. Never used to drop a live event: one published
         #: before that read may still be on its way on the other connection.
         self.known_id: EventId | None = None
-        # The transport names it is subscribed under (the plain and the envelope channel): confirmed
-        # once every one of them is.
-        self._names = names
-        self._unconfirmed = set(names)
         self._sse: set[Subscriber] = set()
         self._raw: set[Subscriber] = set()
         self._mux: set[Subscriber] = set()
@@ -194,12 +182,9 @@ class Channel:
 
     def confirm(self, name: bytes) -> bool:
         """The server confirmed ``name``; returns whether the channel just became confirmed."""
-        self._unconfirmed.discard(name)
-        if self._unconfirmed or self.confirmed:
+        if not self.confirm_name(name):
             return False
-        self.confirmed = True
         self.ever_confirmed = True
-        self.refused = None
         waiting, self._waiting = self._waiting, {}
         # Activate before the callbacks: a callback may close its stream at once (a HEAD request),
         # and its removal must find it where it was put.
@@ -208,11 +193,6 @@ class Channel:
         for d in waiting.values():
             d.callback(None)
         return True
-
-    def unconfirm(self) -> None:
-        """The connection was lost: every name must be confirmed again."""
-        self.confirmed = False
-        self._unconfirmed = set(self._names)
 
     def refuse(self, error: str) -> None:
         """The server refused the subscription: say so to every started SSE subscriber.

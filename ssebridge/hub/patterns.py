@@ -32,6 +32,7 @@ from twisted.logger import Logger
 from ssebridge.frames import encode_batch, encode_data, encode_raw, event_head, id_line
 from ssebridge.hub.channel import REFUSED_COMMENT, frame_events
 from ssebridge.hub.stats import Stats
+from ssebridge.hub.subscription import Subscription
 from ssebridge.interfaces import Subscriber, Transport
 from ssebridge.logs import printable
 from ssebridge.publish.envelope import (
@@ -69,27 +70,17 @@ def channel_of_envelope(name: bytes) -> bytes | None:
     return None
 
 
-class Pattern:
+class Pattern(Subscription):
     """One subscribed pattern: its subscribers, per frame variant, and its confirmation."""
 
-    __slots__ = ("name", "stats", "confirmed", "refused", "_names", "_unconfirmed", "_sets", "_waiting")
+    __slots__ = ("_sets", "_waiting")
 
     def __init__(self, name: bytes, stats: Stats) -> None:
-        self.name = name
-        self.stats = stats
-        self.confirmed = False
-        #: The server's error while it refuses the subscription, else ``None``.
-        self.refused: str | None = None
-        self._names = (name, envelope_channel(name))
-        self._unconfirmed = set(self._names)
+        # Its transport names: the pattern, and its envelope form.
+        super().__init__(name, (name, envelope_channel(name)), stats)
         self._sets: dict[_Variant, set[Subscriber]] = {}
         # Subscribers waiting for confirmation, with their variant.
         self._waiting: dict[Subscriber, tuple[_Variant, Deferred[None]]] = {}
-
-    @property
-    def names(self) -> tuple[bytes, bytes]:
-        """The transport names: the pattern, and its envelope form."""
-        return self._names
 
     def __len__(self) -> int:
         return sum(len(s) for s in self._sets.values()) + len(self._waiting)
@@ -127,11 +118,8 @@ class Pattern:
 
     def confirm(self, name: bytes) -> bool:
         """The server confirmed ``name``; returns whether the pattern just became confirmed."""
-        self._unconfirmed.discard(name)
-        if self._unconfirmed or self.confirmed:
+        if not self.confirm_name(name):
             return False
-        self.confirmed = True
-        self.refused = None
         waiting, self._waiting = self._waiting, {}
         # Placed before the callbacks fire: a callback may close its stream at once (HEAD).
         for subscriber, (variant, _) in waiting.items():
@@ -139,10 +127,6 @@ class Pattern:
         for _, d in waiting.values():
             d.callback(None)
         return True
-
-    def unconfirm(self) -> None:
-        self.confirmed = False
-        self._unconfirmed = set(self._names)
 
     def refuse(self, error: str) -> None:
         """The server refused it: every started SSE subscriber is told (raw ones are not)."""
