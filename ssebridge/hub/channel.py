@@ -22,7 +22,7 @@ group's (``ssebridge.hub.channels``), which owns the history.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Protocol
+from typing import Any, Protocol
 
 from twisted.internet.defer import Deferred, succeed
 
@@ -73,6 +73,7 @@ class Channel(Subscription):
         "last_id",
         "known_id",
         "replayer",
+        "replays",
         "_sse",
         "_raw",
         "_mux",
@@ -87,6 +88,8 @@ class Channel(Subscription):
         # Its transport names: the channel, and its envelope channel.
         super().__init__(name, names, stats)
         self.replayer = replayer
+        #: Finished replays by position, for clients coming back from the same id (``hub.replay``).
+        self.replays: dict[EventId, Any] = {}
         #: Whether it was ever confirmed: a confirmation after that follows a reconnect.
         self.ever_confirmed = False
         #: The newest id delivered live: what later live events are checked against (none twice).
@@ -193,6 +196,12 @@ class Channel(Subscription):
         for d in waiting.values():
             d.callback(None)
         return True
+
+    def unconfirm(self) -> None:
+        """The connection was lost: confirm again, and read history anew for resuming clients (what
+        was published meanwhile is known only once the catch-up has read it)."""
+        super().unconfirm()
+        self.replays.clear()
 
     def refuse(self, error: str) -> None:
         """The server refused the subscription: say so to every started SSE subscriber.

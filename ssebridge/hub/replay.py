@@ -9,6 +9,8 @@ frame, are made once for every client that shares the read.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -19,12 +21,45 @@ from ssebridge.interfaces import History, Replay, Subscriber
 from ssebridge.logs import printable
 from ssebridge.publish.envelope import Envelope, EventId
 
-__all__ = ["MAX_REPLAY_PAGES", "HistoryReplay"]
+__all__ = ["MAX_REPLAY_PAGES", "REMEMBERED_REPLAYS", "Found", "HistoryReplay"]
 
 log = Logger()
 
 #: Reads of ``replay_limit`` events at most, for one replay: past them, a ``"truncated"`` gap.
 MAX_REPLAY_PAGES = 10
+#: Finished replays a channel keeps for clients that come back from the same id (see ``_still_whole``).
+REMEMBERED_REPLAYS = 16
+
+
+class Found(NamedTuple):
+    """What history held after a position: the events (as envelopes), the gap, their frame (built once
+    for every single-channel client), and the newest id history knew when it was read."""
+
+    events: list[Envelope]
+    gap: str | None
+    frame: bytes
+    newest: EventId | None
+
+
+def _still_whole(channel: Channel, found: Found) -> bool:
+    """Whether a replay read earlier is still everything a client resuming now needs before the live
+    events: nothing newer than what it read has been delivered live since (anything newer still on its
+    way reaches the client live, held behind the replay), and the channel is not catching up.
+
+    This is what makes a reconnect storm one history read per (channel, id) while nothing new is
+    published: thousands of browsers coming back over seconds share the first read.
+    """
+    if not channel.confirmed or channel.holding:
+        return False
+    last = channel.last_id
+    return last is None or (found.newest is not None and last <= found.newest)
+
+
+def _remember(channel: Channel, position: EventId, found: Found) -> None:
+    replays = channel.replays
+    if position not in replays and len(replays) >= REMEMBERED_REPLAYS:
+        del replays[next(iter(replays))]
+    replays[position] = found
 
 
 class HistoryReplay:
@@ -52,18 +87,14 @@ class HistoryReplay:
 
         self.history.current_id(ch.name).addCallbacks(learned, failed)
 
-    def read_all(
-        self, channel: bytes, position: EventId
-    ) -> Deferred[tuple[list[Envelope], str | None, bytes]]:
+    def read_all(self, channel: bytes, position: EventId) -> Deferred[Found]:
         """Every event after ``position`` that history holds, a page of ``replay_limit`` at a time, up to
-        ``MAX_REPLAY_PAGES`` pages (past them: a ``"truncated"`` gap): the events, the gap, their frame."""
+        ``MAX_REPLAY_PAGES`` pages (past them: a ``"truncated"`` gap)."""
         assert self.history is not None
         history = self.history
         return Deferred.fromCoroutine(self._read_all(history, channel, position))
 
-    async def _read_all(
-        self, history: History, channel: bytes, position: EventId
-    ) -> tuple[list[Envelope], str | None, bytes]:
+    async def _read_all(self, history: History, channel: bytes, position: EventId) -> Found:
         events: list[Envelope] = []
         first_gap: str | None = None
         for page in range(MAX_REPLAY_PAGES):
@@ -74,10 +105,10 @@ class HistoryReplay:
             events.extend(converted[0])
             if not replay.more or not converted[0]:
                 if page == 0:
-                    return converted[0], first_gap, converted[1]
-                return events, first_gap, frame_events(events)
+                    return Found(converted[0], first_gap, converted[1], replay.last_id)
+                return Found(events, first_gap, frame_events(events), replay.last_id)
             position = events[-1].id
-        return events, first_gap or "truncated", frame_events(events)
+        return Found(events, first_gap or "truncated", frame_events(events), replay.last_id)
 
     def _convert(self, replay: Replay) -> tuple[list[Envelope], bytes]:
         memo = self._memo
@@ -96,11 +127,17 @@ class HistoryReplay:
         if self.history is None:
             channel.replayed(subscriber, [], "unavailable")
             return
+        done = channel.replays.get(position)
+        if done is not None and _still_whole(channel, done):
+            channel.replayed(subscriber, done.events, done.gap, done.frame)
+            return
+
+        def found(result: Found) -> None:
+            _remember(channel, position, result)
+            channel.replayed(subscriber, result.events, result.gap, result.frame)
+
         d = self.read_all(channel.name, position)
-        d.addCallbacks(
-            lambda found: channel.replayed(subscriber, found[0], found[1], found[2]),
-            lambda failure: self._replay_failed(channel, subscriber, failure),
-        )
+        d.addCallbacks(found, lambda failure: self._replay_failed(channel, subscriber, failure))
 
     def _replay_failed(self, channel: Channel, subscriber: Subscriber, failure: Failure) -> None:
         log.warn(
@@ -118,11 +155,10 @@ class HistoryReplay:
             return
         self.stats.catch_ups += 1
 
-        def found(result: tuple[list[Envelope], str | None, bytes]) -> None:
-            events, reason, _ = result
-            if reason is not None:
-                ch.send_gap(reason)
-            ch.release(events)
+        def found(result: Found) -> None:
+            if result.gap is not None:
+                ch.send_gap(result.gap)
+            ch.release(result.events)
 
         def failed(failure: Failure) -> None:
             log.warn(

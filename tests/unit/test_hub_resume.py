@@ -121,3 +121,26 @@ def test_a_catch_up_after_a_reconnect_delivers_what_was_missed_once() -> None:
     live(group, 5, 6)
     assert received(subscriber) == ["1-0", "2-0", "3-0", "4-0", "5-0", "6-0"]
     assert hub.stats.catch_ups == 1
+
+
+def test_clients_coming_back_from_one_id_share_a_read_while_nothing_new_arrives() -> None:
+    hub, group, store = make()
+    first = FakeSubscriber()
+    hub.attach("s", b"c", first, resume=True, position=(1, 0))
+    confirm(group, b"c")
+    store.reads[0][2].callback(history(2, 3))
+    # Later clients from the same id: the finished read still holds everything before the live events.
+    later = [FakeSubscriber() for _ in range(3)]
+    for subscriber in later:
+        hub.attach("s", b"c", subscriber, resume=True, position=(1, 0))
+    assert len(store.reads) == 1
+    assert all(received(s) == ["2-0", "3-0"] for s in later)
+    # Once something newer has been delivered live, a client from that id needs a new read.
+    live(group, 4)
+    late = FakeSubscriber()
+    hub.attach("s", b"c", late, resume=True, position=(1, 0))
+    assert len(store.reads) == 2
+    store.reads[1][2].callback(history(2, 3, 4))
+    live(group, 5)
+    assert received(late) == ["2-0", "3-0", "4-0", "5-0"]
+    assert received(first) == ["2-0", "3-0", "4-0", "5-0"]
