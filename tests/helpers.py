@@ -257,3 +257,20 @@ async def within(d: Deferred[Any], seconds: float = WAIT) -> Any:
 def header(response: IResponse, name: str) -> str | None:
     values = response.headers.getRawHeaders(name.encode())
     return values[0].decode() if values else None
+
+
+async def publish_until_received(
+    redis: Any, clients: list[Any], tag: str, timeout: float, channel: str = "news"
+) -> float:
+    """Publish ``tag`` repeatedly until every client has it; return seconds taken."""
+    start = time.monotonic()
+    while True:
+        try:
+            redis.publish(channel, tag)
+        except OSError:
+            pass
+        await sleep(0.05)
+        if all(any(e.data == tag for e in c.events) for c in clients):
+            return time.monotonic() - start
+        if time.monotonic() - start > timeout:
+            raise AssertionError(f"{tag} not received by every client within {timeout}s")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import socket
-import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -19,7 +18,7 @@ from ssebridge.hub.channels import Hub
 from ssebridge.redis.address import RedisServer
 from ssebridge.redis.pubsub import redis_transport_factory
 from ssebridge.testing import RedisProcess, connect_sse
-from tests.helpers import sleep, until
+from tests.helpers import publish_until_received, sleep, until
 
 
 class Fixture:
@@ -45,23 +44,6 @@ async def bridge(redis: RedisProcess) -> AsyncIterator[Fixture]:
     yield Fixture(hub, port.getHost().port, redis)
     await port.stopListening()
     await hub.stop()
-
-
-async def publish_until_received(
-    redis: RedisProcess, clients: list[Any], tag: str, timeout: float, channel: str = "news"
-) -> float:
-    """Publish ``tag`` repeatedly until every client has it; return seconds taken."""
-    start = time.monotonic()
-    while True:
-        try:
-            redis.publish(channel, tag)
-        except OSError:
-            pass
-        await sleep(0.05)
-        if all(any(e.data == tag for e in c.events) for c in clients):
-            return time.monotonic() - start
-        if time.monotonic() - start > timeout:
-            raise AssertionError(f"{tag} not received by every client within {timeout}s")
 
 
 @pytest_twisted.ensureDeferred

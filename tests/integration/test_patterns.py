@@ -19,7 +19,7 @@ from ssebridge.config.model import load_config
 from ssebridge.publish import Publisher
 from ssebridge.runtime.service import BridgeService
 from ssebridge.testing import RedisProcess, SSEClient, connect_sse, free_port
-from tests.helpers import RunBridge, port_of, sleep, until
+from tests.helpers import RunBridge, port_of, publish_until_received, sleep, until
 
 CONFIG = """[uwsgi]
 http-socket = 127.0.0.1:{port}
@@ -60,12 +60,7 @@ def group_of(service: BridgeService) -> Any:
 
 async def publish_until(redis: RedisProcess, client: SSEClient, channel: str, tag: str) -> None:
     """Publish ``tag`` until the client has it (the subscription may be on its way back)."""
-    for _ in range(200):
-        redis.publish(channel, tag)
-        await sleep(0.05)
-        if any(e.data == tag for e in client.events):
-            return
-    raise AssertionError(f"{tag} never reached the client")
+    await publish_until_received(redis, [client], tag, timeout=10, channel=channel)
 
 
 @pytest_twisted.ensureDeferred

@@ -19,7 +19,7 @@ from twisted.web.client import HTTPConnectionPool
 from ssebridge.config.model import load_config
 from ssebridge.runtime.service import BridgeService
 from ssebridge.testing import RedisProcess, SSEClient, connect_sse, free_port, redis_pipeline
-from tests.helpers import sleep, until
+from tests.helpers import publish_until_received, until
 
 REFUSED = "subscription refused by the message server, retrying"
 
@@ -78,12 +78,8 @@ def logged() -> Iterator[list[str]]:
 
 
 async def publish_until(redis: RedisProcess, client: SSEClient, channel: str, tag: str) -> None:
-    for _ in range(200):
-        redis.publish(channel, tag)
-        await sleep(0.05)
-        if any(e.data == tag for e in client.events):
-            return
-    raise AssertionError(f"{tag} never reached the client")
+    """Publish ``tag`` until the client has it (the subscription may be on its way back)."""
+    await publish_until_received(redis, [client], tag, timeout=10, channel=channel)
 
 
 @pytest_twisted.ensureDeferred
