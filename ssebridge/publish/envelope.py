@@ -17,6 +17,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from functools import lru_cache
 from urllib.parse import quote_from_bytes, unquote_to_bytes
 
 __all__ = [
@@ -140,9 +141,14 @@ def format_position(positions: Mapping[bytes, EventId | None]) -> str:
     if len(positions) == 1:
         (only,) = positions.values()
         return format_id(only) if only is not None else ""
-    return ",".join(
-        f"{quote_from_bytes(name, safe=_SAFE)}:{format_id(pos)}" for name, pos in positions.items() if pos
-    )
+    return ",".join(f"{_quoted(name)}:{pos[0]}-{pos[1]}" for name, pos in positions.items() if pos)
+
+
+@lru_cache(maxsize=4096)
+def _quoted(name: bytes) -> str:
+    # A stream of several channels writes its composite id with every event: the names are few and
+    # the same each time, so each is quoted once.
+    return quote_from_bytes(name, safe=_SAFE)
 
 
 def parse_position(text: str, channels: Iterable[bytes]) -> dict[bytes, EventId | None]:
