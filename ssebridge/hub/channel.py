@@ -26,21 +26,13 @@ from typing import Any, Protocol
 
 from twisted.internet.defer import Deferred, succeed
 
-from ssebridge.frames import (
-    comment,
-    encode_batch,
-    encode_data,
-    encode_raw,
-    event_head,
-    gap,
-    id_line,
-)
+from ssebridge.frames import comment, encode_batch, encode_event, encode_raw, gap
 from ssebridge.hub.stats import Stats
 from ssebridge.hub.subscription import Subscription
 from ssebridge.interfaces import Subscriber
 from ssebridge.publish.envelope import Envelope, EventId, format_id, format_position
 
-__all__ = ["REFUSED_COMMENT", "Channel", "Replayer", "frame_events"]
+__all__ = ["REFUSED_COMMENT", "Channel", "Replayer", "frame_events", "frame_plain"]
 
 #: What an SSE subscriber is told while the server refuses its channel's subscription.
 REFUSED_COMMENT = comment(b"subscription refused by the message server, retrying")
@@ -57,12 +49,14 @@ class Replayer(Protocol):
 
 def frame_events(events: Sequence[Envelope]) -> bytes:
     """Events with their own ids, framed once for every single-channel SSE client."""
-    return b"".join(
-        [
-            event_head(e.event, e.retry) + id_line(format_id(e.id).encode()) + encode_data(e.data)
-            for e in events
-        ]
-    )
+    return b"".join([encode_event(e.data, format_id(e.id).encode(), e.event, e.retry) for e in events])
+
+
+def frame_plain(messages: Sequence[bytes], name: bytes = b"") -> bytes:
+    """Plain messages (no ids), named ``event: NAME`` when a name is given (``name_events``)."""
+    if not name:
+        return encode_batch(messages)
+    return b"".join([encode_event(m, event=name) for m in messages])
 
 
 class Channel(Subscription):
@@ -232,8 +226,7 @@ class Channel(Subscription):
                 subscriber.send(data, n)
             named = [s for s in self._mux if s.name_events]
             if named:
-                head = event_head(self.name)
-                data_named = b"".join([head + encode_data(m) for m in messages])
+                data_named = frame_plain(messages, self.name)
                 for subscriber in named:
                     subscriber.send(data_named, n)
                 targets = (*targets, *named)
@@ -315,7 +308,7 @@ class Channel(Subscription):
                 ident = format_position(positions).encode()
             else:
                 ident = format_id(e.id).encode()
-            parts.append(event_head(event, e.retry) + id_line(ident) + encode_data(e.data))
+            parts.append(encode_event(e.data, ident, event, e.retry))
         data = b"".join(parts)
         subscriber.send(data, len(events))
         self.stats.frames_delivered += len(events)
@@ -394,5 +387,4 @@ class Channel(Subscription):
             self.stats.bytes_delivered += len(data)
 
     def _send_plain_one(self, subscriber: Subscriber, messages: Sequence[bytes]) -> None:
-        head = event_head(self.name) if subscriber.name_events else b""
-        subscriber.send(b"".join([head + encode_data(m) for m in messages]), len(messages))
+        subscriber.send(frame_plain(messages, self.name if subscriber.name_events else b""), len(messages))

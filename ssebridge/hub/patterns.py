@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING
 from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
 
-from ssebridge.frames import encode_batch, encode_data, encode_raw, event_head, id_line
+from ssebridge.frames import encode_batch, encode_event, encode_raw
 from ssebridge.hub.channel import REFUSED_COMMENT, frame_events
 from ssebridge.hub.stats import Stats
 from ssebridge.hub.subscription import Subscription
@@ -151,7 +151,7 @@ class Pattern(Subscription):
                 if key is None:
                     data = encode_raw([d for _, d in pairs])
                 elif key:
-                    data = b"".join([event_head(event_name(c)) + encode_data(d) for c, d in pairs])
+                    data = b"".join([encode_event(d, event=event_name(c)) for c, d in pairs])
                 else:
                     data = encode_batch([d for _, d in pairs])
                 frames[key] = data
@@ -171,9 +171,12 @@ class Pattern(Subscription):
                 own_ids, named = variant
                 data = b"".join(
                     [
-                        event_head(e.event or (event_name(c) if named else b""), e.retry)
-                        + (id_line(format_id(e.id).encode()) if own_ids else b"")
-                        + encode_data(e.data)
+                        encode_event(
+                            e.data,
+                            format_id(e.id).encode() if own_ids else b"",
+                            e.event or (event_name(c) if named else b""),
+                            e.retry,
+                        )
                         for c, e in pairs
                     ]
                 )
