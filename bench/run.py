@@ -215,6 +215,17 @@ def stop_profiler(reaper: services.Reaper) -> None:
     reaper.stop("py-spy")
 
 
+
+def summarise_ready(ready: list[Any]) -> tuple[int, int, Counter[str], list[float]]:
+    """The load processes' "ready" reports added up: connected, failed, why, connect times (sorted)."""
+    fail_reasons: Counter[str] = Counter()
+    connect_ms: list[float] = []
+    for m in ready:
+        fail_reasons.update(m[3])
+        connect_ms.extend(m[4])
+    connect_ms.sort()
+    return sum(m[1] for m in ready), sum(m[2] for m in ready), fail_reasons, connect_ms
+
 class LoadProcs:
     """The load processes, their control pipes and the shared counters they publish."""
 
@@ -330,14 +341,7 @@ def run(args: argparse.Namespace, reaper: services.Reaper) -> dict[str, Any]:
     load = LoadProcs(args, target)
     reaper.on_exit(load.stop)
     ready = load.collect("ready", args.connect_deadline + 60.0)
-    connected = sum(m[1] for m in ready)
-    failed = sum(m[2] for m in ready)
-    fail_reasons: Counter[str] = Counter()
-    connect_ms: list[float] = []
-    for m in ready:
-        fail_reasons.update(m[3])
-        connect_ms.extend(m[4])
-    connect_ms.sort()
+    connected, failed, fail_reasons, connect_ms = summarise_ready(ready)
     log(args, f"{connected:,} connected, {failed:,} failed {dict(fail_reasons) or ''}")
     time.sleep(args.settle)
     server_pids = target.pids()

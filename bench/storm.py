@@ -209,14 +209,7 @@ def _storm(args: argparse.Namespace, variant: str, round_no: int, reaper: servic
                    for k in range(len(starts))]
     replay_total = sum(n * (last_seq - s) for n, s in zip(per_variant, starts, strict=True))
     ready = _wait_ready(args, load, t0)
-    connected = sum(m[1] for m in ready)
-    failed = sum(m[2] for m in ready)
-    fail_reasons: Counter[str] = Counter()
-    connect_ms: list[float] = []
-    for m in ready:
-        fail_reasons.update(m[3])
-        connect_ms.extend(m[4])
-    connect_ms.sort()
+    connected, failed, fail_reasons, connect_ms = run.summarise_ready(ready)
     t_connected = time.monotonic()
     if failed:
         warnings.append(f"{failed} clients failed to connect: {dict(fail_reasons)}")
