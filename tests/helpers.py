@@ -274,3 +274,36 @@ async def publish_until_received(
             return time.monotonic() - start
         if time.monotonic() - start > timeout:
             raise AssertionError(f"{tag} not received by every client within {timeout}s")
+
+
+class _RawExchange(Protocol):
+    """Writes bytes as they are, collects everything the server sends until it closes."""
+
+    def __init__(self, request: bytes) -> None:
+        self.request = request
+        self.chunks: list[bytes] = []
+        self.closed: Deferred[bytes] = Deferred()
+
+    def connectionMade(self) -> None:
+        self.transport.write(self.request)  # type: ignore[union-attr]
+
+    def dataReceived(self, data: bytes) -> None:
+        self.chunks.append(data)
+
+    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
+        self.closed.callback(b"".join(self.chunks))
+
+
+async def raw_exchange(port: int, data: bytes, timeout: float = WAIT) -> bytes:
+    """Send ``data`` verbatim to 127.0.0.1:``port`` from the reactor; all the answer until the server
+    closes (``raw_request``'s counterpart for reactor tests: no thread)."""
+    from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
+
+    client = _RawExchange(data)
+    endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", port, timeout=timeout)
+    await connectProtocol(endpoint, client).addTimeout(timeout, reactor)
+    try:
+        return await client.closed.addTimeout(timeout, reactor)
+    except BaseException:
+        client.transport.abortConnection()  # type: ignore[union-attr]
+        raise

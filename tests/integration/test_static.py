@@ -19,10 +19,6 @@ import treq
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from twisted.internet import reactor
-from twisted.internet.defer import Deferred
-from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
-from twisted.internet.protocol import Protocol
-from twisted.python.failure import Failure
 from twisted.web.client import HTTPConnectionPool
 from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
@@ -37,6 +33,7 @@ from ssebridge.http.static import (
     split_url_path,
     static_resource_for,
 )
+from tests.helpers import raw_exchange
 
 TIMEOUT = 10.0
 SECRET = b"TOP-SECRET-OUTSIDE-THE-ROOT"
@@ -132,32 +129,10 @@ async def fetch(
     return response.code, response.headers, body
 
 
-class _RawClient(Protocol):
-    def __init__(self, request: bytes) -> None:
-        self.request = request
-        self.chunks: list[bytes] = []
-        self.closed: Deferred[bytes] = Deferred()
-
-    def connectionMade(self) -> None:
-        self.transport.write(self.request)
-
-    def dataReceived(self, data: bytes) -> None:
-        self.chunks.append(data)
-
-    def connectionLost(self, reason: Failure = None) -> None:
-        self.closed.callback(b"".join(self.chunks))
-
-
 async def raw_get(port: int, target: bytes, method: bytes = b"GET") -> tuple[int, bytes]:
     """Send one request line verbatim; return (status, whole response)."""
-    client = _RawClient(method + b" " + target + b" HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
-    endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", port, timeout=TIMEOUT)
-    await connectProtocol(endpoint, client).addTimeout(TIMEOUT, reactor)
-    try:
-        response = await client.closed.addTimeout(TIMEOUT, reactor)
-    except BaseException:
-        client.transport.abortConnection()
-        raise
+    request = method + b" " + target + b" HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+    response = await raw_exchange(port, request, TIMEOUT)
     status_line = response.split(b"\r\n", 1)[0]
     return int(status_line.split(b" ")[1]), response
 

@@ -14,17 +14,13 @@ from pathlib import Path
 import pytest
 import pytest_twisted
 from twisted.internet import reactor
-from twisted.internet.defer import Deferred
-from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
-from twisted.internet.protocol import Protocol
 from twisted.internet.threads import deferToThread
-from twisted.python.failure import Failure
 from twisted.web.http import datetimeToString
 from twisted.web.server import Site
 
 from ssebridge.config.model import StaticMap
 from ssebridge.http.static import StaticFiles
-from tests.helpers import sleep
+from tests.helpers import raw_exchange, sleep
 
 TIMEOUT = 15.0
 SIX = b"abcdef"
@@ -51,35 +47,12 @@ def server(files: Path) -> Iterator[int]:
         pytest_twisted.blockon(port.stopListening())
 
 
-class _Raw(Protocol):
-    def __init__(self, request: bytes) -> None:
-        self.request = request
-        self.chunks: list[bytes] = []
-        self.closed: Deferred[bytes] = Deferred()
-
-    def connectionMade(self) -> None:
-        self.transport.write(self.request)
-
-    def dataReceived(self, data: bytes) -> None:
-        self.chunks.append(data)
-
-    def connectionLost(self, reason: Failure = None) -> None:
-        self.closed.callback(b"".join(self.chunks))
-
-
 async def exchange(port: int, path: bytes, *headers: bytes, method: bytes = b"GET") -> bytes:
     """One request with ``Connection: close``; everything the server sent until it closed."""
     head = b"\r\n".join(
         [method + b" " + path + b" HTTP/1.1", b"Host: localhost", b"Connection: close", *headers]
     )
-    client = _Raw(head + b"\r\n\r\n")
-    endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", port, timeout=TIMEOUT)
-    await connectProtocol(endpoint, client).addTimeout(TIMEOUT, reactor)
-    try:
-        return await client.closed.addTimeout(TIMEOUT, reactor)
-    except BaseException:
-        client.transport.abortConnection()
-        raise
+    return await raw_exchange(port, head + b"\r\n\r\n", TIMEOUT)
 
 
 def parse(response: bytes) -> tuple[int, dict[bytes, bytes], bytes]:
@@ -196,11 +169,7 @@ async def test_keep_alive_after_a_range(server: int) -> None:
     """Two requests on one connection: the first answer's length is exact, so the second follows."""
     one = b"GET /s/six.txt HTTP/1.1\r\nHost: x\r\nRange: bytes=0-0,0-1\r\n\r\n"
     two = b"GET /s/six.txt HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-    client = _Raw(one + two)
-    await connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", server), client).addTimeout(
-        TIMEOUT, reactor
-    )
-    response = await client.closed.addTimeout(TIMEOUT, reactor)
+    response = await raw_exchange(server, one + two, TIMEOUT)
     first, _, rest = response.partition(b"\r\n\r\n")
     assert b"206" in first.split(b"\r\n")[0] and rest.startswith(b"abHTTP/1.1 200")
     assert rest.endswith(b"\r\n\r\n" + SIX)
