@@ -33,12 +33,14 @@ from twisted.logger import Logger
 from twisted.web.http import Request
 
 __all__ = [
+    "CHANNEL_CONTRACT",
     "CONTRACT",
     "DIRECT",
     "INSTANCE_CONTRACT",
     "direct_sender",
     "gone",
     "missing_internals",
+    "request_line",
     "take_over",
 ]
 
@@ -51,6 +53,9 @@ CONTRACT: tuple[tuple[type, str], ...] = (
     (tcp.Connection, "startWriting"),
     (Request, "_disconnected"),
 )
+
+#: Attributes an ``HTTPChannel`` sets once it has parsed a request line (``request_line``).
+CHANNEL_CONTRACT = ("_command", "_path", "_version")
 
 #: Attributes a live ``tcp.Connection`` must have (set in its ``__init__``, so not on the class).
 INSTANCE_CONTRACT = ("socket",)
@@ -121,6 +126,13 @@ def direct_sender(transport: Any) -> Callable[[bytes], int]:
     """
     send: Callable[[bytes], int] = transport.socket.send
     return send
+
+
+def request_line(channel: Any) -> tuple[bytes, bytes, bytes]:
+    """The method, target and version an ``HTTPChannel`` has parsed for the request whose body is still
+    arriving (twisted.web hands them to the ``Request`` only once the body is in; the site needs them
+    earlier, to refuse a body nobody will read before reading it). Pinned by ``CHANNEL_CONTRACT``."""
+    return channel._command, channel._path, channel._version
 
 
 def gone(request: Request) -> bool:

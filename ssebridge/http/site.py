@@ -23,6 +23,7 @@ from twisted.web.http import HTTPChannel
 from twisted.web.server import Request, Site
 
 from ssebridge.http.access import log_access, started
+from ssebridge.takeover import request_line
 from ssebridge.upstream.body import BUFFER_HIGH, BodyBroken, RequestBody
 
 log = Logger()
@@ -190,8 +191,7 @@ class BridgeRequest(Request):
     def _admit_body(self, length: int | None) -> None:
         channel = self.channel
         # The request line is parsed, but twisted.web sets these only once the body has arrived.
-        self.method, self.uri = channel._command, channel._path
-        self.clientproto = channel._version
+        self.method, self.uri, self.clientproto = request_line(channel)
         self.path = self.uri.split(b"?", 1)[0]
         assert self.body_policy is not None
         refusal = self.body_policy(self)
@@ -240,7 +240,7 @@ class BridgeRequest(Request):
             # The buffer is full: hand the request over now, so the upstream reads the rest as it comes.
             self._dispatched = True
             channel = self.channel
-            super().requestReceived(channel._command, channel._path, channel._version)  # type: ignore[no-untyped-call]
+            super().requestReceived(*request_line(channel))  # type: ignore[no-untyped-call]
 
     def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
         if self._refused:
@@ -315,7 +315,7 @@ class BridgeRequest(Request):
         site = getattr(channel, "site", None)
         if isinstance(site, BridgeSite) and site.access_log:
             # Refused before twisted.web set the request line (it does once the body is in).
-            self.method, self.uri = channel._command, channel._path
+            self.method, self.uri, _ = request_line(channel)
             log_access(self, status=code, sent=len(body))
 
     def write(self, data: bytes) -> None:

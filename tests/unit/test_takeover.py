@@ -79,3 +79,16 @@ def test_the_http_channel_hooks_the_site_overrides_exist() -> None:
 
     for name in ("_send100Continue", "checkPersistence", "allHeadersReceived", "requestDone"):
         assert callable(getattr(HTTPChannel, name, None)), name
+
+
+def test_an_http_channel_keeps_the_request_line_it_parsed() -> None:
+    """``takeover.request_line``: what the site reads to refuse a body before twisted.web reads it."""
+    from twisted.internet.testing import StringTransport
+    from twisted.web.http import HTTPChannel
+
+    channel = HTTPChannel()
+    channel.makeConnection(StringTransport())
+    channel.lineReceived(b"POST /upload?x=1 HTTP/1.1")
+    for name in takeover.CHANNEL_CONTRACT:
+        assert hasattr(channel, name), name
+    assert takeover.request_line(channel) == (b"POST", b"/upload?x=1", b"HTTP/1.1")
