@@ -246,10 +246,12 @@ async def test_raw_streams_get_event_data_untouched_and_no_replay(
     run_bridge: RunBridge, redis: RedisProcess, publisher: Publisher
 ) -> None:
     port = port_of(await run_bridge(CONFIG))
+    publisher.publish("rw", "OLD")  # in history, after 1-0: an sse stream would replay it
     client = await connect_sse(reactor, "127.0.0.1", port, b"/raw/rw", headers={b"Last-Event-ID": b"1-0"})
     publisher.publish("rw", "data: raw frame\n\n")
     raw = await client.wait_raw(len(b"data: raw frame\n\n"))
     assert raw.endswith(b"data: raw frame\n\n")
+    assert b"OLD" not in bytes(client.raw)
     await client.disconnect()
 
 
