@@ -47,7 +47,7 @@ _WHERE = {
     "default_config": "ssebridge.config.model",
     "load_config": "ssebridge.config.model",
     "parse_server": "ssebridge.redis.address",
-    "redis_hub": "ssebridge.redis.pubsub",
+    "redis_hub": "ssebridge.redis.connect",
 }
 
 if TYPE_CHECKING:
@@ -56,7 +56,7 @@ if TYPE_CHECKING:
     from ssebridge.http.router import Bridge
     from ssebridge.hub.channels import Hub
     from ssebridge.redis.address import RedisServer, parse_server
-    from ssebridge.redis.pubsub import redis_hub
+    from ssebridge.redis.connect import redis_hub
     from ssebridge.runtime.service import BridgeService
 
 

@@ -11,7 +11,6 @@ its call (``ssebridge.interfaces.History``).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Hashable
 from typing import Any, cast
 
 import txredisapi
@@ -334,13 +333,3 @@ class RedisHistory:
 
 def _conforms(history: RedisHistory) -> History:
     return history
-
-
-def redis_history_factory(reactor: IReactorTime | None = None) -> Callable[[Hashable], History | None]:
-    """A ``HistoryFactory`` for the hub: one ``RedisHistory`` per ``RedisServer`` key (it connects on its
-    first read)."""
-
-    def make(key: Hashable) -> History | None:
-        return RedisHistory(key, reactor) if isinstance(key, RedisServer) else None
-
-    return make

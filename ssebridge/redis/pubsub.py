@@ -17,7 +17,6 @@ Implements ``ssebridge.interfaces.Transport``; reports only through a ``Transpor
 
 from __future__ import annotations
 
-from collections.abc import Hashable
 from typing import Any, cast
 
 import txredisapi
@@ -28,12 +27,10 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from ssebridge.hub.channels import Hub
-from ssebridge.interfaces import Transport, TransportFactory, TransportSink
+from ssebridge.interfaces import Transport, TransportSink
 from ssebridge.redis.address import RedisServer
 from ssebridge.redis.closes import CloseDiagnosis, pubsub_limit
 from ssebridge.redis.handshake import endpoint_for, handshake
-from ssebridge.redis.history import redis_history_factory
 from ssebridge.redis.replies import ReplyLoop
 from ssebridge.redis.retries import SubscribeRetries, Subscriptions
 
@@ -368,24 +365,6 @@ class RedisTransport:
             server=self.server.describe(),
             reply=repr(reply)[:200],
         )
-
-
-def redis_transport_factory(reactor: IReactorTime | None = None) -> TransportFactory:
-    """A ``TransportFactory`` for the hub: one ``RedisTransport`` per ``RedisServer`` key."""
-
-    def make(key: Hashable, sink: TransportSink) -> Transport:
-        if not isinstance(key, RedisServer):
-            raise TypeError(f"a Redis transport needs a RedisServer key, not {key!r}")
-        return RedisTransport(key, sink, reactor)
-
-    return make
-
-
-def redis_hub(reactor: IReactorTime | None = None, **options: Any) -> Hub:
-    """A ``Hub`` fed by Redis pub/sub, with each server's history (Redis Streams) for resuming clients:
-    the usual way to make one when mounting streams yourself."""
-    options.setdefault("make_history", redis_history_factory(reactor))
-    return Hub(redis_transport_factory(reactor), **options)
 
 
 def _conforms(transport: RedisTransport) -> Transport:

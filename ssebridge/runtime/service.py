@@ -22,8 +22,7 @@ from ssebridge.http.admission import bridge_body_policy, no_bodies
 from ssebridge.http.router import Bridge
 from ssebridge.http.site import BridgeSite, default_max_connections
 from ssebridge.hub.channels import Hub
-from ssebridge.redis.history import redis_history_factory
-from ssebridge.redis.pubsub import redis_transport_factory
+from ssebridge.redis.connect import redis_history_factory, redis_transport_factory
 from ssebridge.runtime.lifecycle import StartError, default_max_streams, raise_fd_limit, stop_and_exit
 from ssebridge.runtime.listeners import adopt_listeners, listen, per_worker_endpoint
 from ssebridge.runtime.sdnotify import notify

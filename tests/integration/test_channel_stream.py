@@ -14,7 +14,7 @@ from twisted.web.server import Site
 from ssebridge.http.resource import ChannelResource
 from ssebridge.hub.channels import Hub
 from ssebridge.redis.address import RedisServer
-from ssebridge.redis.pubsub import redis_transport_factory
+from ssebridge.redis.connect import redis_transport_factory
 from ssebridge.testing import RedisProcess, connect_sse, redis_pipeline
 
 

@@ -16,7 +16,7 @@ from ssebridge.http.resource import ChannelResource
 from ssebridge.http.site import BridgeSite
 from ssebridge.hub.channels import Hub
 from ssebridge.redis.address import RedisServer
-from ssebridge.redis.pubsub import redis_transport_factory
+from ssebridge.redis.connect import redis_transport_factory
 from ssebridge.testing import RedisProcess, connect_sse
 from tests.helpers import publish_until_received, sleep, until
 

@@ -182,6 +182,103 @@ def test_any_text_parses_or_raises_value_error(text: str) -> None:
     except ValueError as e:
         assert str(e) and "\n" not in str(e)
     else:
-        assert server.kind in ("tcp", "tls", "unix")
+        assert server.kind in ("tcp", "tls", "unix", "sentinel", "cluster")
         if server.kind != "unix":
             assert 1 <= server.port <= 65535 and server.host
+
+
+@st.composite
+def _deployments(draw: st.DrawFn) -> RedisServer:
+    kind = draw(st.sampled_from(["sentinel", "cluster"]))
+    nodes = tuple(
+        draw(st.lists(st.tuples(_hosts, st.integers(1, 65535)), min_size=1, max_size=4, unique=True))
+    )
+    username = draw(st.none() | _names)
+    if kind == "cluster":
+        return RedisServer("cluster", *nodes[0], username=username, nodes=nodes)
+    master = draw(st.from_regex(r"[A-Za-z0-9_.:-]{1,20}", fullmatch=True))
+    db = draw(st.none() | st.integers(0, 15))
+    sentinel_username = draw(st.none() | _names)
+    return RedisServer(
+        "sentinel",
+        *nodes[0],
+        username=username,
+        db=db,
+        nodes=nodes,
+        master=master,
+        sentinel_username=sentinel_username,
+    )
+
+
+@given(_deployments())
+def test_deployment_describe_reads_back(server: RedisServer) -> None:
+    """A Sentinel or Cluster address, as logged, is an address the config accepts naming the same nodes."""
+    assert parse_server(server.describe()) == server
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (
+            "sentinel://s1:26379,s2:26380,[::1]/mymaster",
+            RedisServer(
+                "sentinel",
+                "s1",
+                26379,
+                nodes=(("s1", 26379), ("s2", 26380), ("::1", 26379)),
+                master="mymaster",
+            ),
+        ),
+        (
+            "sentinel://app:s%40cret@s1/cache.main?db=3&sentinel_password=sp&sentinel_username=sen",
+            RedisServer(
+                "sentinel",
+                "s1",
+                26379,
+                username="app",
+                password="s@cret",
+                db=3,
+                nodes=(("s1", 26379),),
+                master="cache.main",
+                sentinel_username="sen",
+                sentinel_password="sp",
+            ),
+        ),
+        (
+            "cluster://n1:7000,n2:7001,n1:7000",
+            RedisServer("cluster", "n1", 7000, nodes=(("n1", 7000), ("n2", 7001))),
+        ),
+        ("cluster://:pw@n1", RedisServer("cluster", "n1", 6379, password="pw", nodes=(("n1", 6379),))),
+    ],
+)
+def test_deployment_forms(text: str, expected: RedisServer) -> None:
+    server = parse_server(text)
+    assert server == expected
+    assert server.is_deployment
+    assert "s@cret" not in repr(server) and "sp" not in repr(server).replace("sparse", "")
+
+
+@pytest.mark.parametrize(
+    ("text", "reason"),
+    [
+        ("sentinel://s1:26379", "master's name"),
+        ("sentinel:///mymaster", "at least one host"),
+        ("sentinel://s1/bad/name", "bad master name"),
+        ("sentinel://s1,,s2/m", "empty host"),
+        ("sentinel://s1:0/m", "not in 1-65535"),
+        ("cluster://n1/2", "database 0 only"),
+        ("cluster://n1?db=1", "database 0 only"),
+        ("cluster://n1?sentinel_password=x", "unknown parameter"),
+        ("cluster://", "at least one host"),
+    ],
+)
+def test_deployment_errors(text: str, reason: str) -> None:
+    with pytest.raises(ValueError, match=reason):
+        parse_server(text)
+
+
+def test_deployment_node_is_plain_tcp_with_the_credentials() -> None:
+    server = parse_server("sentinel://app:pw@s1/m?db=2")
+    node = server.at("10.0.0.5", 6380)
+    assert node == RedisServer("tcp", "10.0.0.5", 6380, username="app", password="pw", db=2)
+    assert not node.is_deployment
