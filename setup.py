@@ -1,6 +1,6 @@
 """Packaging for ssebridge: a Twisted bridge from Redis pub/sub to Server-Sent Events."""
 
-from setuptools import find_packages, setup
+from setuptools import Extension, find_packages, setup
 
 setup(
     name="ssebridge",
@@ -42,6 +42,8 @@ setup(
             "redis>=5.0",
         ],
     },
+    # The fan-out loop in C (ssebridge.fanout); optional: without a compiler the pure-Python loop is used.
+    ext_modules=[Extension("ssebridge._fanout", ["ssebridge/_fanout.c"], optional=True)],
     entry_points={"console_scripts": ["ssebridge = ssebridge.runtime.command:main"]},
     classifiers=[
         "Framework :: Twisted",

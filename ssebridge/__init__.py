@@ -43,19 +43,19 @@ _WHERE = {
     "Config": "ssebridge.config.model",
     "ConfigError": "ssebridge.config.model",
     "Hub": "ssebridge.hub.channels",
-    "RedisServer": "ssebridge.redis.address",
+    "RedisServer": "ssebridge.address",
     "default_config": "ssebridge.config.model",
     "load_config": "ssebridge.config.model",
-    "parse_server": "ssebridge.redis.address",
+    "parse_server": "ssebridge.address",
     "redis_hub": "ssebridge.redis.connect",
 }
 
 if TYPE_CHECKING:
+    from ssebridge.address import RedisServer, parse_server
     from ssebridge.config.model import Config, ConfigError, default_config, load_config
     from ssebridge.http.resource import ChannelResource
     from ssebridge.http.router import Bridge
     from ssebridge.hub.channels import Hub
-    from ssebridge.redis.address import RedisServer, parse_server
     from ssebridge.redis.connect import redis_hub
     from ssebridge.runtime.service import BridgeService
 

@@ -101,12 +101,12 @@ def _parse_simple(text: str) -> ClockAddress:
 def parse_address(text: str) -> ClockAddress:
     """Parse ``--server``.
 
-    Uses ``ssebridge.redis.address.parse_server`` when it is available (so the clock takes every form
+    Uses ``ssebridge.address.parse_server`` when it is available (so the clock takes every form
     the service takes: ``redis://``, ``rediss://``, ``unix://``), else the seed's two forms
     (``host:port``, a socket path). Raises ``ValueError``.
     """
     try:
-        from ssebridge.redis.address import parse_server
+        from ssebridge.address import parse_server
 
         server = parse_server(text)
     except (ImportError, NotImplementedError):

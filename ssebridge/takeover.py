@@ -24,6 +24,7 @@ contract itself.
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Callable
 from typing import Any
 
@@ -38,6 +39,7 @@ __all__ = [
     "DIRECT",
     "INSTANCE_CONTRACT",
     "direct_sender",
+    "direct_socket",
     "gone",
     "missing_internals",
     "request_line",
@@ -126,6 +128,15 @@ def direct_sender(transport: Any) -> Callable[[bytes], int]:
     """
     send: Callable[[bytes], int] = transport.socket.send
     return send
+
+
+def direct_socket(transport: Any) -> socket.socket:
+    """The socket of a taken-over connection, for the fan-out loop (``ssebridge.fanout``) and a stream's
+    own sends: non-blocking, so a ``send`` takes what the kernel's buffer has room for and raises
+    ``BlockingIOError`` when it has none. The same rule as ``direct_sender``: only while Twisted holds
+    nothing for the connection."""
+    sock: socket.socket = transport.socket
+    return sock
 
 
 def request_line(channel: Any) -> tuple[bytes, bytes, bytes]:

@@ -2,7 +2,7 @@
 
 The seed's "almost full-duplex" tip: SSE only receives, so the page sends with an ordinary request
 (``fetch``) that makes the app ``PUBLISH``, and receives every message, its own included, over the
-stream the bridge holds. A plain WSGI app, standard library plus ``ssebridge.redis.address``:
+stream the bridge holds. A plain WSGI app, standard library plus ``ssebridge.address``:
 
 - ``GET /chat/``: the page (``chat.html``, beside this file); ``/chat`` redirects there.
 - ``POST /chat/say``: the body is the message, as ``text/plain`` (what the page's ``fetch`` sends)
@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from ssebridge.redis.address import RedisServer, parse_server
+from ssebridge.address import RedisServer, parse_server
 
 #: Largest message, in bytes of UTF-8. The bridge's ``max-body`` refuses far larger bodies earlier.
 MAX_MESSAGE = 4096

@@ -6,6 +6,6 @@ Owns, in import order (each module imports only those before it): ``defaults`` (
 ``reference`` (the docs' key table, rendered from it), ``builder`` (a parser's output becoming a ``Config``),
 ``ini`` and ``toml`` (the two syntaxes), ``loader`` (``load_config``, ``check_config``,
 ``default_config``) and ``model``, the facade other code imports from. May import:
-``ssebridge.routing``, ``ssebridge.redis.address``, ``ssebridge.publish`` (Twisted-free names).
+``ssebridge.routing``, ``ssebridge.address``, ``ssebridge.publish`` (Twisted-free names).
 Pure: no Twisted, no I/O beyond reading the file.
 """

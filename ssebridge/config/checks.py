@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
+from ssebridge.address import parse_server
 from ssebridge.config.endpoint import listen_endpoint
-from ssebridge.redis.address import parse_server
 
 __all__ = [
     "MAX_BYTES",

@@ -11,12 +11,12 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ssebridge.address import DEFAULT_SERVER
 from ssebridge.config import defaults
 from ssebridge.config.builder import ConfigBuilder
 from ssebridge.config.ini import parse as parse_ini
 from ssebridge.config.schema import Config, ConfigError, MuleSpec, StaticMap
 from ssebridge.config.toml import parse as parse_toml
-from ssebridge.redis.address import DEFAULT_SERVER
 from ssebridge.routing.rules import parse_rule
 
 __all__ = [

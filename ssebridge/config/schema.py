@@ -10,8 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ssebridge.address import DEFAULT_SERVER, RedisServer
 from ssebridge.config import defaults
-from ssebridge.redis.address import DEFAULT_SERVER, RedisServer
 from ssebridge.routing.rules import Rule
 
 __all__ = ["Config", "ConfigError", "MuleSpec", "StaticMap"]

@@ -5,7 +5,7 @@ Owns: ``router`` (requests to streams, static files, the upstream or refusals), 
 client and its write path), ``site`` (the connection's guards: header and body deadlines, the cap on
 connections that are not streams), ``admission`` (which request bodies are read at all), ``static`` and
 ``ranges`` (files, one byte range at most), ``metrics`` (Prometheus text, ``/livez``, ``/readyz``).
-May import: ``ssebridge.hub``, ``ssebridge.routing``, ``ssebridge.redis.address``, ``ssebridge.upstream``,
+May import: ``ssebridge.hub``, ``ssebridge.routing``, ``ssebridge.address``, ``ssebridge.upstream``,
 ``ssebridge.takeover``, ``ssebridge.frames``, ``ssebridge.interfaces``, ``ssebridge.logs``,
 ``ssebridge.config`` (models and defaults). Never the runtime.
 """

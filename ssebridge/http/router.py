@@ -26,6 +26,7 @@ from twisted.web.server import NOT_DONE_YET, Request
 from werkzeug.routing import BaseConverter
 
 from ssebridge import frames
+from ssebridge.address import DEFAULT_SERVER, RedisServer
 from ssebridge.config.defaults import CLIENT_BUFFER, CONFIRM_TIMEOUT
 from ssebridge.config.model import StaticMap
 from ssebridge.http.resource import attach_stream
@@ -34,7 +35,6 @@ from ssebridge.http.stream import Stream
 from ssebridge.hub.channels import Hub
 from ssebridge.logs import printable
 from ssebridge.publish.offload import OFFLOAD_HEADER, OFFLOAD_VARIABLE
-from ssebridge.redis.address import DEFAULT_SERVER, RedisServer
 from ssebridge.routing.rules import (
     MAX_CHANNELS,
     RefusedChannel,

@@ -7,6 +7,7 @@ The resource that turns a request into a stream is in ``ssebridge.http.resource`
 
 from __future__ import annotations
 
+import socket
 import time
 from collections import deque
 from collections.abc import Callable, Hashable, Sequence
@@ -23,7 +24,7 @@ from ssebridge.hub.channels import Hub
 from ssebridge.interfaces import Subscriber
 from ssebridge.logs import printable
 from ssebridge.publish.envelope import EventId
-from ssebridge.takeover import direct_sender, gone, take_over
+from ssebridge.takeover import direct_socket, gone, take_over
 
 log = Logger()
 
@@ -88,7 +89,7 @@ class Stream:
         "name_events",
         "_early",
         "_transport",
-        "_chunked",
+        "chunked",
         "_paused",
         "_busy",
         "_queue",
@@ -98,7 +99,7 @@ class Stream:
         "_started",
         "_on_close",
         "_status",
-        "_direct",
+        "direct",
         "_sender",
         "_peer",
         "opened_at",
@@ -136,7 +137,8 @@ class Stream:
         # Sends before ``start``, unframed (whether the response is chunked is known at ``start``).
         self._early: list[bytes] | None = None
         self._transport: Any = None
-        self._chunked = False
+        #: Whether the response is chunked (HTTP/1.1): every payload is framed as a chunk.
+        self.chunked = False
         self._paused = False
         # Taken over: Twisted holds bytes we gave it and has not yet asked for more (``resumeProducing``).
         self._busy = False
@@ -152,11 +154,11 @@ class Stream:
         self._started = False
         self._on_close = on_close
         self._status = status
-        #: Sends straight to a taken-over connection's socket (``takeover.direct_sender``), else None.
-        self._sender: Callable[[bytes], int] | None = None
+        #: A taken-over connection's socket (``takeover.direct_socket``), else None.
+        self._sender: socket.socket | None = None
         #: ``_sender`` while the fast path is open (started, not paused, nothing queued), else None:
-        #: the one test ``send`` makes on the hot path.
-        self._direct: Callable[[bytes], int] | None = None
+        #: the one test ``send`` and the fan-out loop (``ssebridge.fanout``) make on the hot path.
+        self.direct: socket.socket | None = None
         # This request's access line is the stream's close line: the site writes none for it.
         mark_stream(request)
         client = request.getClientAddress()
@@ -211,7 +213,7 @@ class Stream:
             status=self._status,
             stream=True,
         )
-        self._chunked = bool(request.chunked)
+        self.chunked = bool(request.chunked)
         channel = request.channel
         self._transport = channel.transport if channel is not None else None
         if self._transport is None or request.method == b"HEAD":
@@ -223,12 +225,12 @@ class Stream:
         else:
             self._transport = taken
             self._request = None
-            self._sender = direct_sender(taken)
+            self._sender = direct_socket(taken)
             # Until Twisted says its buffer (the response head) is written: see ssebridge.takeover.
             self._busy = True
         early, self._early = self._early, None
         for data in early or ():
-            self._enqueue(_chunk(data) if self._chunked else data)
+            self._enqueue(_chunk(data) if self.chunked else data)
         self._drain()
 
     # IProtocol, after a take-over: the client is not expected to send anything more.
@@ -245,34 +247,43 @@ class Stream:
     def send(self, data: bytes, count: int = 1) -> None:
         """Deliver ``data`` (framed events, shared by every client of the channel); never raises.
 
-        Counted once here, however it leaves: straight to the socket, or queued behind what is.
+        Counted once here, however it leaves: straight to the socket, or queued behind what is. The
+        hub's fan-out loop (``ssebridge.fanout``) does the direct case itself, for many streams at once.
         """
-        send_now = self._direct
-        if send_now is not None:
+        sock = self.direct
+        if sock is not None:
             # The hot path: nothing queued here or in Twisted, so the kernel almost always takes it all.
-            payload = _chunk(data) if self._chunked else data
+            payload = _chunk(data) if self.chunked else data
             self.frames += count
             self.bytes += len(data)
             try:
-                sent = send_now(payload)
+                sent = sock.send(payload)
             except BlockingIOError:
                 sent = 0
             except OSError:
                 return  # the peer is gone: the reactor reports it (connectionLost) next turn
-            if sent == len(payload):
-                return
-            self._enqueue(memoryview(payload)[sent:] if sent else payload)
-        else:
-            if self._closed:
-                return
-            self.frames += count
-            self.bytes += len(data)
-            if not self._started:
-                if self._early is None:
-                    self._early = []
-                self._early.append(data)
-                return
-            self._enqueue(_chunk(data) if self._chunked else data)
+            if sent != len(payload):
+                self.send_short(payload, sent)
+            return
+        if self._closed:
+            return
+        self.frames += count
+        self.bytes += len(data)
+        if not self._started:
+            if self._early is None:
+                self._early = []
+            self._early.append(data)
+            return
+        self._enqueue(_chunk(data) if self.chunked else data)
+        self._after_enqueue()
+
+    def send_short(self, payload: bytes, sent: int) -> None:
+        """The kernel took only ``sent`` bytes of a direct send of ``payload`` (already framed and
+        counted): the rest is queued behind it, as the fan-out loop reports (``ssebridge.fanout``)."""
+        self._enqueue(memoryview(payload)[sent:] if sent else payload)
+        self._after_enqueue()
+
+    def _after_enqueue(self) -> None:
         self._drain()
         if self._queued > self._client_buffer:
             self.close(SLOW_CLIENT, abort=True)
@@ -283,7 +294,7 @@ class Stream:
             queue = self._queue = deque()
         queue.append(payload)
         self._queued += len(payload)
-        self._direct = None
+        self.direct = None
 
     def _drain(self) -> None:
         """Hand queued bytes to Twisted a bounded piece at a time; reopen the fast path once nothing is
@@ -311,7 +322,7 @@ class Stream:
         if not queue:
             self._queue = None
             if taken and not self._busy and not self._closed and self._started:
-                self._direct = self._sender
+                self.direct = self._sender
 
     def _set_stream_headers(self, request: Request) -> None:
         request.setResponseCode(self._status)
@@ -330,7 +341,7 @@ class Stream:
 
     def pauseProducing(self) -> None:
         self._paused = True
-        self._direct = None
+        self.direct = None
 
     def resumeProducing(self) -> None:
         # Through twisted.web: it had paused us. Taken over: Twisted's buffer has emptied.
@@ -346,7 +357,7 @@ class Stream:
         if self._closed:
             return
         self._closed = True
-        self._direct = None
+        self.direct = None
         # What a paused client has queued still goes out before a gentle close's last words.
         pending = b"".join(self._queue) if self._queue and not abort else b""
         self._early = None
@@ -372,8 +383,8 @@ class Stream:
             if abort:
                 transport.abortConnection()
                 return
-            transport.write(pending + (_chunk(final) if self._chunked and final else final))
-            if self._chunked:
+            transport.write(pending + (_chunk(final) if self.chunked and final else final))
+            if self.chunked:
                 transport.write(b"0\r\n\r\n")
             # A paused producer still registered would be resumed instead of the connection closed once
             # the buffer drains: the connection would stay open for good.

@@ -14,9 +14,9 @@ from typing import Any
 
 from twisted.internet.interfaces import IReactorTime
 
+from ssebridge.address import RedisServer
 from ssebridge.hub.channels import Hub
 from ssebridge.interfaces import History, Transport, TransportFactory, TransportSink
-from ssebridge.redis.address import RedisServer
 from ssebridge.redis.history import RedisHistory
 from ssebridge.redis.pubsub import RedisTransport
 

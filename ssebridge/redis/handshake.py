@@ -16,7 +16,7 @@ from twisted.internet.endpoints import HostnameEndpoint, UNIXClientEndpoint, wra
 from twisted.internet.interfaces import IReactorTime, IStreamClientEndpoint
 from twisted.internet.ssl import optionsForClientTLS
 
-from ssebridge.redis.address import RedisServer
+from ssebridge.address import RedisServer
 
 __all__ = ["endpoint_for", "handshake"]
 

@@ -27,8 +27,8 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from ssebridge.address import RedisServer
 from ssebridge.interfaces import Transport, TransportSink
-from ssebridge.redis.address import RedisServer
 from ssebridge.redis.closes import CloseDiagnosis, pubsub_limit
 from ssebridge.redis.handshake import endpoint_for, handshake
 from ssebridge.redis.replies import ReplyLoop

@@ -5,5 +5,5 @@ Owns, in import order: ``errors`` (``RuleError``, ``RefusedChannel``), ``limits`
 (``$1``, ``${VAR}``, ``glob_escape``), ``actions`` (``sse:``/``sseraw:``, several channels and
 patterns, the app's offload list), ``channels`` (``Resolved``, the checks of channel and pattern
 names), ``conditions`` (``route-if``), ``rules`` (rule kinds, parsing, resolution; every public name
-of the language is importable from here). May import: ``ssebridge.redis.address``. No Twisted, no I/O.
+of the language is importable from here). May import: ``ssebridge.address``. No Twisted, no I/O.
 """

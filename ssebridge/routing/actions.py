@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from ssebridge.redis.address import RedisServer, parse_server
+from ssebridge.address import RedisServer, parse_server
 from ssebridge.routing.errors import RuleError
 from ssebridge.routing.templates import Template
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from ssebridge.redis.address import RedisServer
+from ssebridge.address import RedisServer
 from ssebridge.routing.actions import Action, Mode
 from ssebridge.routing.errors import RefusedChannel
 from ssebridge.routing.limits import MAX_CHANNEL_LENGTH

@@ -28,7 +28,7 @@ from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal, get_args
 
-from ssebridge.redis.address import RedisServer, parse_server
+from ssebridge.address import RedisServer, parse_server
 from ssebridge.routing.actions import Action, Mode, action_text, offload_action, parse_action
 from ssebridge.routing.channels import Resolved, check_channel, check_pattern, subscriptions
 from ssebridge.routing.conditions import CONDITIONS, Condition, parse_condition

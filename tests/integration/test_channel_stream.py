@@ -11,9 +11,9 @@ from twisted.internet.task import deferLater
 from twisted.web.resource import Resource
 from twisted.web.server import Site
 
+from ssebridge.address import RedisServer
 from ssebridge.http.resource import ChannelResource
 from ssebridge.hub.channels import Hub
-from ssebridge.redis.address import RedisServer
 from ssebridge.redis.connect import redis_transport_factory
 from ssebridge.testing import RedisProcess, connect_sse, redis_pipeline
 

@@ -12,10 +12,10 @@ from twisted.internet import reactor
 from twisted.logger import formatEvent, globalLogPublisher
 from twisted.web.resource import Resource
 
+from ssebridge.address import RedisServer
 from ssebridge.http.resource import ChannelResource
 from ssebridge.http.site import BridgeSite
 from ssebridge.hub.channels import Hub
-from ssebridge.redis.address import RedisServer
 from ssebridge.redis.connect import redis_transport_factory
 from ssebridge.testing import RedisProcess, connect_sse
 from tests.helpers import publish_until_received, sleep, until

@@ -11,10 +11,10 @@ import redis as redis_py
 from twisted.internet import reactor
 from twisted.internet.defer import CancelledError, Deferred, gatherResults
 
+from ssebridge.address import RedisServer
 from ssebridge.interfaces import History, HistoryUnavailable, Replay
 from ssebridge.publish import Publisher
 from ssebridge.publish.envelope import history_key, parse_id
-from ssebridge.redis.address import RedisServer
 from ssebridge.redis.history import RedisHistory
 from ssebridge.testing import RedisProcess
 from tests.helpers import sleep, until, within

@@ -13,8 +13,8 @@ import treq
 from twisted.internet import reactor
 from twisted.web.client import HTTPConnectionPool
 
+from ssebridge.address import RedisServer
 from ssebridge.config.model import load_config
-from ssebridge.redis.address import RedisServer
 from ssebridge.runtime.service import BridgeService
 from ssebridge.testing import RedisProcess, connect_sse, free_port
 from tests.helpers import until

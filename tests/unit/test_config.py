@@ -16,6 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import ssebridge
+from ssebridge.address import DEFAULT_SERVER, RedisServer
 from ssebridge.config.model import (
     SETTINGS,
     Config,
@@ -26,7 +27,6 @@ from ssebridge.config.model import (
     listen_endpoint,
     load_config,
 )
-from ssebridge.redis.address import DEFAULT_SERVER, RedisServer
 from ssebridge.routing.rules import Resolved, parse_rule, resolve_request, resolve_response
 from tests.helpers import REPO
 

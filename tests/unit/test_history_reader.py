@@ -10,8 +10,8 @@ import pytest
 from twisted.internet.defer import CancelledError
 from twisted.internet.task import Clock
 
+from ssebridge.address import RedisServer
 from ssebridge.interfaces import History, HistoryUnavailable
-from ssebridge.redis.address import RedisServer
 from ssebridge.redis.history import RedisHistory
 
 

@@ -11,9 +11,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from ssebridge.address import DEFAULT_SERVER
 from ssebridge.config import defaults
 from ssebridge.config.model import Config
-from ssebridge.redis.address import DEFAULT_SERVER
 from ssebridge.routing.rules import (
     MAX_CHANNEL_LENGTH,
     MAX_CHANNELS,

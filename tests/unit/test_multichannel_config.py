@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from ssebridge.address import DEFAULT_SERVER
 from ssebridge.config.model import SETTINGS_BY_INI, ConfigError, check_config, load_config
-from ssebridge.redis.address import DEFAULT_SERVER
 from ssebridge.routing.rules import Action, Resolved, resolve_request
 
 

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from ssebridge.redis.address import DEFAULT_SERVER, RedisServer, parse_server
+from ssebridge.address import DEFAULT_SERVER, RedisServer, parse_server
 from ssebridge.routing.rules import (
     MAX_CHANNEL_LENGTH,
     Action,

@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from ssebridge.redis.address import RedisServer, parse_server
+from ssebridge.address import RedisServer, parse_server
 from ssebridge.routing.rules import (
     RefusedChannel,
     declared_servers,
