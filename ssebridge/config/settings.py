@@ -87,7 +87,8 @@ SETTINGS: tuple[Setting, ...] = (
         "str",
         server,
         "the default Redis server (a route's `server=` names another): `host:port`, a unix socket "
-        "path, or a `redis://`, `rediss://` or `unix://` URL with credentials",
+        "path, a `redis://`, `rediss://` or `unix://` URL with credentials, a Sentinel-managed master "
+        "(`sentinel://h1:26379,h2:26379/NAME`) or a cluster (`cluster://h1:7000,h2:7001`)",
         "redis-server",
     ),
     _setting(
