@@ -8,9 +8,20 @@ Subscribers come in three sets, so that the common case stays one shared frame f
 
 - ``_sse``: SSE streams of this one channel, with no naming: every client gets the same bytes;
 - ``_raw``: ``sseraw`` streams: the messages' bytes (an event's data), untouched;
-- ``_mux``: SSE streams of several channels (their ``id:`` is a composite of their positions, so it
-  is theirs alone) or that name events after their channel: the data lines are framed once, the
-  ``id:`` and ``event:`` lines per client.
+- ``_mux``: SSE streams of several channels (their ``id:`` is a composite of their positions) or that
+  name events after their channel. Plain messages carry no id: they get one frame per naming. Events
+  get one frame per group of subscribers at the same positions (see "Shared positions" below).
+
+Every frame goes to its subscribers through one call of the fan-out loop (``ssebridge.fanout``): a
+``send`` per client and nothing else, where the client can take it directly.
+
+Shared positions: streams of the same channels that have been sent the same events are at the same
+positions, and their events' composite ids are the same bytes. So they share one positions mapping
+(``_Positions``, which counts its sharers): an event advances it once and is framed once for all of
+them. Sharing is copy-on-write: a delivery that reaches only some of a mapping's sharers (others are
+replaying, or were cut off) gives those a copy first, and a subscriber sent events on its own
+(``send_events``: a replay, a trailing subscriber) gets a mapping of its own. Groups at equal
+positions that are delivered together are merged, so streams that connected apart come to share.
 
 A subscriber that resumes (it came with a ``Last-Event-ID``) is in ``_replaying`` while its history is
 read: what arrives live meanwhile is held for it, and after the replay it gets the held items without
@@ -26,6 +37,7 @@ from typing import Any, Protocol
 
 from twisted.internet.defer import Deferred, succeed
 
+from ssebridge.fanout import deliver as fan_out
 from ssebridge.frames import comment, encode_batch, encode_event, encode_raw, gap
 from ssebridge.hub.stats import Stats
 from ssebridge.hub.subscription import Subscription
@@ -45,6 +57,26 @@ class Replayer(Protocol):
     """What a channel asks of its group: read history for one resuming subscriber."""
 
     def replay(self, channel: Channel, subscriber: Subscriber, position: EventId | None) -> None: ...
+
+
+class _Positions(dict[bytes, EventId | None]):
+    """A positions mapping that several subscribers may share; ``sharers`` never undercounts them
+    (a subscriber that leaves is not subtracted: the next delivery splits the rest off, once)."""
+
+    __slots__ = ("sharers",)
+
+    def __init__(self, items: Any, sharers: int) -> None:
+        super().__init__(items)
+        self.sharers = sharers
+
+
+def _own_positions(subscriber: Subscriber) -> dict[bytes, EventId | None] | None:
+    """``subscriber``'s positions, made its own first if they are shared (about to change alone)."""
+    positions = subscriber.positions
+    if isinstance(positions, _Positions) and positions.sharers > 1:
+        positions.sharers -= 1
+        positions = subscriber.positions = dict(positions)
+    return positions
 
 
 def frame_events(events: Sequence[Envelope]) -> bytes:
@@ -221,25 +253,23 @@ class Channel(Subscription):
         # Snapshot the sets: a subscriber's send may detach it (a slow client cut off).
         if self._sse or self._mux:
             data = encode_batch(messages)
-            targets = (*self._sse, *(s for s in self._mux if not s.name_events))
-            for subscriber in targets:
-                subscriber.send(data, n)
-            named = [s for s in self._mux if s.name_events]
+            if self._mux:
+                targets = (*self._sse, *(s for s in self._mux if not s.name_events))
+                named = [s for s in self._mux if s.name_events]
+            else:
+                targets, named = tuple(self._sse), []
+            fan_out(data, n, targets)
             if named:
-                data_named = frame_plain(messages, self.name)
-                for subscriber in named:
-                    subscriber.send(data_named, n)
-                targets = (*targets, *named)
-            stats.frames_delivered += len(targets) * n
-            stats.bytes_delivered += len(targets) * len(data)
+                fan_out(frame_plain(messages, self.name), n, named)
+            stats.frames_delivered += (len(targets) + len(named)) * n
+            stats.bytes_delivered += (len(targets) + len(named)) * len(data)
         if self._raw:
             raw = encode_raw(messages)
             if not raw:
                 # Raw mode adds nothing to empty messages; an empty chunk would end the response.
                 return
             raw_targets = tuple(self._raw)
-            for subscriber in raw_targets:
-                subscriber.send(raw, n)
+            fan_out(raw, n, raw_targets)
             stats.frames_delivered += len(raw_targets) * n
             stats.bytes_delivered += len(raw_targets) * len(raw)
 
@@ -269,18 +299,17 @@ class Channel(Subscription):
         if self._sse:
             data = frame_events(events)
             targets = tuple(self._sse)
-            for subscriber in targets:
-                subscriber.send(data, n)
+            fan_out(data, n, targets)
             stats.frames_delivered += len(targets) * n
             stats.bytes_delivered += len(targets) * len(data)
-        for subscriber in tuple(self._mux):
-            self.send_events(subscriber, events)
+        if self._mux:
+            self._deliver_mux(events)
         if self._raw:
             raw = encode_raw([e.data for e in events])
             if raw:
-                for subscriber in tuple(self._raw):
-                    subscriber.send(raw, n)
-                stats.frames_delivered += len(self._raw) * n
+                raw_targets = tuple(self._raw)
+                fan_out(raw, n, raw_targets)
+                stats.frames_delivered += len(raw_targets) * n
         # Last: a trailing subscriber that joins its live set here must not get this batch again.
         if self._trailing:
             self._overtake(events)
@@ -297,19 +326,75 @@ class Channel(Subscription):
                 del self._trailing[subscriber]
                 self._live_set(subscriber).add(subscriber)
 
-    def send_events(self, subscriber: Subscriber, events: Sequence[Envelope]) -> None:
-        """Events to one subscriber that has its own ``id:`` (several channels) or names events."""
-        positions = subscriber.positions
+    def _deliver_mux(self, events: Sequence[Envelope]) -> None:
+        """Live events to the ``_mux`` set: one frame per group of subscribers at the same positions
+        with the same naming (see "Shared positions" in the module's docstring)."""
+        groups: dict[tuple[int, bool], list[Subscriber]] = {}
+        for subscriber in self._mux:
+            key = (id(subscriber.positions), subscriber.name_events)
+            members = groups.get(key)
+            if members is None:
+                groups[key] = [subscriber]
+            else:
+                members.append(subscriber)
+        # Groups at equal positions (and naming), each delivered in full: merged into one.
+        merged: dict[tuple[Any, bool], tuple[dict[bytes, EventId | None], list[Subscriber]]] = {}
+        frames: list[tuple[dict[bytes, EventId | None] | None, bool, list[Subscriber]]] = []
+        for (_, named), members in groups.items():
+            positions = members[0].positions
+            if positions is None:
+                frames.append((None, named, members))
+                continue
+            sharers = positions.sharers if isinstance(positions, _Positions) else 1
+            if sharers > len(members) and isinstance(positions, _Positions):
+                # Some of its sharers are not being sent this (replaying, say): these split off.
+                positions.sharers -= len(members)
+                positions = _Positions(positions, len(members))
+                for subscriber in members:
+                    subscriber.positions = positions
+            content = (tuple(positions.items()), named)
+            found = merged.get(content)
+            if found is None:
+                merged[content] = (positions, members)
+                continue
+            shared, others = found
+            if not isinstance(shared, _Positions):
+                shared = _Positions(shared, len(others))
+                for subscriber in others:
+                    subscriber.positions = shared
+                merged[content] = (shared, others)
+            shared.sharers += len(members)
+            others.extend(members)
+            for subscriber in members:
+                subscriber.positions = shared
+        for (_, named), (positions, members) in merged.items():
+            frames.append((positions, named, members))
+        n = len(events)
+        stats = self.stats
+        for positions, named, members in frames:
+            data = self._frame_positioned(events, positions, named)
+            fan_out(data, n, members)
+            stats.frames_delivered += len(members) * n
+            stats.bytes_delivered += len(members) * len(data)
+
+    def _frame_positioned(
+        self, events: Sequence[Envelope], positions: dict[bytes, EventId | None] | None, named: bool
+    ) -> bytes:
+        """``events`` framed for subscribers at ``positions`` (advanced here), named or not."""
         parts = []
         for e in events:
-            event = e.event or (self.name if subscriber.name_events else b"")
+            event = e.event or (self.name if named else b"")
             if positions is not None:
                 positions[self.name] = e.id
                 ident = format_position(positions).encode()
             else:
                 ident = format_id(e.id).encode()
             parts.append(encode_event(e.data, ident, event, e.retry))
-        data = b"".join(parts)
+        return b"".join(parts)
+
+    def send_events(self, subscriber: Subscriber, events: Sequence[Envelope]) -> None:
+        """Events to one subscriber that has its own ``id:`` (several channels) or names events."""
+        data = self._frame_positioned(events, _own_positions(subscriber), subscriber.name_events)
         subscriber.send(data, len(events))
         self.stats.frames_delivered += len(events)
         self.stats.bytes_delivered += len(data)
