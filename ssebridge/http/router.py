@@ -29,6 +29,7 @@ from ssebridge import frames
 from ssebridge.address import DEFAULT_SERVER, RedisServer
 from ssebridge.config.defaults import CLIENT_BUFFER, CONFIRM_TIMEOUT
 from ssebridge.config.model import StaticMap
+from ssebridge.fanout import deliver as fan_out
 from ssebridge.http.resource import attach_stream
 from ssebridge.http.static import static_resource_for
 from ssebridge.http.stream import Stream
@@ -330,10 +331,8 @@ class Bridge:
             self._heartbeat.start(interval, now=False)
 
     def _beat(self) -> None:
-        beat = frames.comment()
-        for stream in tuple(self.streams):
-            if stream.mode == "sse" and stream.started:
-                stream.send(beat, 0)
+        # One shared comment through the fan-out loop: a send per client, as for an event.
+        fan_out(frames.comment(), 0, [s for s in self.streams if s.mode == "sse" and s.started])
 
     def stop_heartbeat(self) -> None:
         if self._heartbeat is not None and self._heartbeat.running:
