@@ -11,18 +11,30 @@ from __future__ import annotations
 
 from typing import Any, cast
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.endpoints import HostnameEndpoint, UNIXClientEndpoint, wrapClientTLS
 from twisted.internet.interfaces import IReactorTime, IStreamClientEndpoint
 from twisted.internet.ssl import optionsForClientTLS
 
 from ssebridge.address import RedisServer
 
-__all__ = ["endpoint_for", "handshake"]
+__all__ = ["NotMaster", "close_endpoint", "endpoint_for", "handshake"]
+
+
+class NotMaster(Exception):
+    """A Sentinel-managed connection reached a server whose ``ROLE`` is not master."""
 
 
 def endpoint_for(reactor: Any, server: RedisServer) -> IStreamClientEndpoint:
-    """The Twisted client endpoint that reaches ``server``."""
+    """The Twisted client endpoint that reaches ``server``.
+
+    For a ``sentinel://`` address, an endpoint that asks the sentinels for the master at every connect
+    (``ssebridge.redis.sentinel``); its owner calls ``close_endpoint`` when it stops.
+    """
+    if server.kind == "sentinel":
+        from ssebridge.redis.sentinel import SentinelEndpoint
+
+        return SentinelEndpoint(reactor, server)
     if server.kind == "unix":
         return UNIXClientEndpoint(reactor, server.path)
     endpoint: IStreamClientEndpoint = HostnameEndpoint(reactor, server.host, server.port)
@@ -31,12 +43,23 @@ def endpoint_for(reactor: Any, server: RedisServer) -> IStreamClientEndpoint:
     return endpoint
 
 
+def close_endpoint(endpoint: IStreamClientEndpoint) -> Deferred[None]:
+    """Release what an endpoint from ``endpoint_for`` holds besides its connections (a Sentinel
+    endpoint's watcher of ``+switch-master``); the owner calls it when it stops connecting."""
+    close = getattr(endpoint, "close", None)
+    return cast(Deferred[None], close()) if close is not None else succeed(None)
 
-async def handshake(protocol: Any, timeout: float, reactor: IReactorTime) -> Exception | None:
-    """Authenticate and select the database on ``protocol`` (a txredisapi ``RedisProtocol``).
+
+async def handshake(
+    protocol: Any, timeout: float, reactor: IReactorTime, *, master: bool = False
+) -> Exception | None:
+    """Authenticate and select the database on ``protocol`` (a txredisapi ``RedisProtocol``); with
+    ``master`` (a Sentinel-managed address), also check that ``ROLE`` says master.
 
     Returns ``None`` once the connection is ready (txredisapi's ``getConnection()`` callers are
-    released), or the error after aborting the connection.
+    released), or the error after aborting the connection. A replica refused here is dropped and the
+    reconnect asks the sentinels again, with the factory's backoff: txredisapi counts a connection
+    dropped before it was ready as a failed attempt.
     """
     try:
         for command, args in (("auth", (protocol.password, protocol.username)), ("select", (protocol.dbid,))):
@@ -46,6 +69,18 @@ async def handshake(protocol: Any, timeout: float, reactor: IReactorTime) -> Exc
             response = await pending.addTimeout(timeout, reactor)
             if isinstance(response, Exception):
                 raise response
+        if master:
+            pending = cast(Deferred[Any], protocol.execute_command("ROLE"))
+            role = await pending.addTimeout(timeout, reactor)
+            if isinstance(role, Exception):
+                raise role
+            name = role[0] if isinstance(role, list) and role else role
+            if name not in (b"master", "master"):
+                peer = protocol.transport.getPeer()
+                raise NotMaster(
+                    f"{getattr(peer, 'host', '?')}:{getattr(peer, 'port', '?')} is not the master "
+                    f"(ROLE {name!r}); asking the sentinels again"
+                )
     except Exception as e:
         protocol.transport.abortConnection()
         return e

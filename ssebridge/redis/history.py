@@ -14,7 +14,7 @@ from __future__ import annotations
 from typing import Any, cast
 
 import txredisapi
-from twisted.internet.defer import CancelledError, Deferred, fail, succeed
+from twisted.internet.defer import CancelledError, Deferred, fail, gatherResults, succeed
 from twisted.internet.defer import TimeoutError as DeadlinePassed
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
@@ -23,7 +23,7 @@ from twisted.python.failure import Failure
 from ssebridge.address import RedisServer
 from ssebridge.interfaces import History, HistoryUnavailable, Replay
 from ssebridge.publish.envelope import EventId, history_key
-from ssebridge.redis.handshake import endpoint_for, handshake
+from ssebridge.redis.handshake import close_endpoint, endpoint_for, handshake
 from ssebridge.redis.streams import READ_SCRIPT, READ_SHA, read_arguments, replay_from
 
 __all__ = ["DEFAULT_TIMEOUT", "HistoryUnavailable", "RedisHistory"]
@@ -50,7 +50,8 @@ class _Protocol(txredisapi.RedisProtocol):  # type: ignore[misc]
 
     async def _handshake(self) -> None:
         owner = self.factory.owner
-        error = await handshake(self, owner.timeout, owner.reactor)
+        sentinel = owner.server.kind == "sentinel"
+        error = await handshake(self, owner.timeout, owner.reactor, master=sentinel)
         if error is not None:
             owner.handshake_failed(error)
             return
@@ -159,7 +160,9 @@ class RedisHistory:
             waiter.errback(stopped)
         if self._factory is None:
             return succeed(None)
-        return cast(Deferred[None], self._factory.disconnect().addCallback(lambda _: None))
+        closed = close_endpoint(self._endpoint)
+        gone = gatherResults([self._factory.disconnect(), closed])
+        return cast(Deferred[None], gone.addCallback(lambda _: None))
 
     # Coalescing
 
@@ -242,6 +245,9 @@ class RedisHistory:
             try:
                 reply = await protocol.execute_command(b"EVALSHA", READ_SHA, *args)
             except txredisapi.ResponseError as e:
+                if str(e).startswith("READONLY"):
+                    # A demoted master (a missed failover): the reconnect asks the sentinels again.
+                    self._drop(protocol)
                 if not str(e).startswith("NOSCRIPT"):
                     raise
                 # Redis restarted or its scripts were flushed: EVAL caches the script again.
@@ -294,7 +300,8 @@ class RedisHistory:
         )
         factory.owner = self
         self._factory = factory
-        factory.startConnecting(endpoint_for(self.reactor, self.server))
+        self._endpoint = endpoint_for(self.reactor, self.server)
+        factory.startConnecting(self._endpoint)
         log.info("redis {server}: history reader connecting", server=self.server.describe())
 
     # The connection's reports.

@@ -1,15 +1,20 @@
 """Publishing events with ids from inside a reactor: ``ssebridge.publish.Publisher`` over txredisapi.
 
 Same script, same validation, same ids as the redis-py publisher; every call returns a Deferred.
+``twisted_publisher_for(address)`` makes one with its own connection from any server address the
+bridge takes, a Sentinel-managed master included (it follows a failover as the bridge does).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from typing import Any
+from collections.abc import Callable, Iterable
+from typing import Any, cast
 
-from twisted.internet.defer import Deferred, gatherResults
+import txredisapi
+from twisted.internet.defer import Deferred, gatherResults, succeed
+from twisted.internet.interfaces import IReactorTime
 
+from ssebridge.address import RedisServer, parse_server
 from ssebridge.publish.envelope import history_key
 from ssebridge.publish.publisher import (
     DEFAULT_HISTORY_SIZE,
@@ -19,8 +24,9 @@ from ssebridge.publish.publisher import (
     channel_names,
     position_of,
 )
+from ssebridge.redis.handshake import close_endpoint, endpoint_for, handshake
 
-__all__ = ["TwistedPublisher"]
+__all__ = ["TwistedPublisher", "twisted_publisher_for"]
 
 
 def _text(reply: Any) -> str:
@@ -48,6 +54,13 @@ class TwistedPublisher:
             history=history, max_age=max_age, ttl=ttl, max_message_size=max_message_size, sharded=sharded
         )
         self._redis = redis
+        #: Run by ``close()`` (``twisted_publisher_for`` sets it; a given client is the caller's).
+        self._close: Callable[[], Deferred[None]] | None = None
+
+    def close(self) -> Deferred[None]:
+        """Close the connection ``twisted_publisher_for`` opened (nothing for a client given)."""
+        close, self._close = self._close, None
+        return close() if close is not None else succeed(None)
 
     def publish(
         self, channel: str | bytes, data: str | bytes, *, event: str | None = None, retry: int | None = None
@@ -63,3 +76,70 @@ class TwistedPublisher:
             self._redis.execute_command("XREVRANGE", history_key(n), "+", "-", "COUNT", 1) for n in names
         ]
         return gatherResults(replies).addCallback(lambda newest: position_of(names, newest))
+
+
+class _Protocol(txredisapi.RedisProtocol):  # type: ignore[misc]
+    """txredisapi's command protocol with the bridge's handshake (a deadline, retries, ``ROLE`` on a
+    Sentinel-managed address) that drops its connection on ``READONLY`` (a demoted master): the
+    reconnect asks the sentinels again, and a publish retried by the caller reaches the new master."""
+
+    factory: _Factory
+
+    def connectionMade(self) -> Deferred[None]:
+        return Deferred.fromCoroutine(self._handshake())
+
+    async def _handshake(self) -> None:
+        factory = self.factory
+        await handshake(self, factory.timeout, factory.clock, master=factory.server.kind == "sentinel")
+
+    def replyReceived(self, reply: Any) -> None:
+        super().replyReceived(reply)
+        if isinstance(reply, Exception) and str(reply).startswith("READONLY") and self.transport:
+            self.transport.loseConnection()
+
+
+class _Factory(txredisapi.RedisFactory):  # type: ignore[misc]
+    protocol = _Protocol
+    noisy = False
+    initialDelay = 0.1
+    factor = 2.0
+    maxDelay = 1.0
+    jitter = 0.2
+    server: RedisServer
+    clock: IReactorTime
+    timeout: float
+
+
+def twisted_publisher_for(
+    address: str | RedisServer, reactor: IReactorTime | None = None, *, timeout: float = 5.0, **options: Any
+) -> TwistedPublisher:
+    """A ``TwistedPublisher`` with a connection of its own to ``address`` (any form the bridge takes
+    but ``cluster://``); ``options`` are ``TwistedPublisher``'s. Calls made before the connection is up
+    wait for it; ``close()`` closes it."""
+    if reactor is None:
+        from twisted.internet import reactor as default_reactor
+
+        reactor = cast(IReactorTime, default_reactor)
+    server = parse_server(address) if isinstance(address, str) else address
+    if server.kind == "cluster":
+        raise ValueError("cluster:// addresses are not supported by the Twisted publisher")
+    factory = _Factory(
+        None,
+        server.db,
+        1,
+        isLazy=True,
+        charset=None,
+        password=server.password,
+        convertNumbers=False,
+        username=server.username,
+    )
+    factory.server, factory.clock, factory.timeout = server, reactor, timeout
+    endpoint = endpoint_for(reactor, server)
+    factory.startConnecting(endpoint)
+    publisher = TwistedPublisher(factory.handler, **options)
+
+    def close() -> Deferred[None]:
+        return gatherResults([factory.disconnect(), close_endpoint(endpoint)]).addCallback(lambda _: None)
+
+    publisher._close = close
+    return publisher

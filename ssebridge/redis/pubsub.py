@@ -20,7 +20,7 @@ from __future__ import annotations
 from typing import Any, cast
 
 import txredisapi
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred, gatherResults
 from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
@@ -30,7 +30,7 @@ from twisted.python.failure import Failure
 from ssebridge.address import RedisServer
 from ssebridge.interfaces import Transport, TransportSink
 from ssebridge.redis.closes import CloseDiagnosis, pubsub_limit
-from ssebridge.redis.handshake import endpoint_for, handshake
+from ssebridge.redis.handshake import close_endpoint, endpoint_for, handshake
 from ssebridge.redis.replies import ReplyLoop
 from ssebridge.redis.retries import SubscribeRetries, Subscriptions
 
@@ -53,7 +53,8 @@ class _SubscriberProtocol(txredisapi.SubscriberProtocol):  # type: ignore[misc]
 
     async def _handshake(self) -> None:
         owner = self.factory.owner
-        error = await handshake(self, owner.health_timeout, owner.reactor)
+        sentinel = owner.server.kind == "sentinel"
+        error = await handshake(self, owner.health_timeout, owner.reactor, master=sentinel)
         if error is not None:
             owner.handshake_failed(error)
             return
@@ -166,7 +167,8 @@ class RedisTransport:
         )
         factory.owner = self
         self._factory = factory
-        factory.startConnecting(endpoint_for(reactor, server))
+        self._endpoint = endpoint_for(reactor, server)
+        factory.startConnecting(self._endpoint)
         log.info("redis {server}: connecting", server=server.describe())
 
     @property
@@ -216,8 +218,11 @@ class RedisTransport:
         self._stopped = True
         self._stop_health()
         self._cancel_retries()
+        closed = close_endpoint(self._endpoint)
         d = self._factory.disconnect()
-        return cast(Deferred[None], d.addCallback(lambda _: None)) if d is not None else succeed(None)
+        if d is None:
+            return closed
+        return cast(Deferred[None], gatherResults([d, closed]).addCallback(lambda _: None))
 
     # The connection's reports.
 

@@ -1,0 +1,404 @@
+"""Reaching a Sentinel-managed master: ask the sentinels where it is at every connect, follow its moves.
+
+``SentinelEndpoint`` is the client endpoint ``endpoint_for`` gives for a ``sentinel://`` address. Its
+``connect()`` asks the sentinels in turn (``SENTINEL get-master-addr-by-name``, after ``AUTH`` when the
+address gives the sentinels' own credentials, each with a deadline) and then connects to the master
+they name. txredisapi's reconnect loop calls ``connect()`` at every attempt, so every reconnect asks
+again: a failover is a reconnect to another address, after which the transport resubscribes and the
+hub catches up from history.
+
+The handshake checks ``ROLE`` on each new connection (``ssebridge.redis.handshake``): a sentinel in a
+minority partition may still name a demoted master, and a replica would accept SUBSCRIBE and reads but
+refuse writes, so a connection to a non-master is dropped and the sentinels asked again (with the
+factory's backoff). A watcher subscribes to ``+switch-master`` on one sentinel at a time: when the
+master moves, connections to the old address are closed at once instead of waiting for Redis or the
+health check to drop them, and a connect attempt waiting on a dead master's address retries at once.
+
+Errors (no sentinel reachable, a master name the sentinels do not know, sentinels refusing AUTH) are
+logged once per kind in a row; the factory retries with its bounded, jittered backoff, and readiness
+says not ready meanwhile (the transport is not connected).
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+import hiredis
+from twisted.application.internet import ClientService
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import TimeoutError as DeadlinePassed
+from twisted.internet.endpoints import HostnameEndpoint
+from twisted.internet.error import ConnectError
+from twisted.internet.interfaces import IProtocol, IProtocolFactory, IReactorTime, IStreamClientEndpoint
+from twisted.internet.protocol import Factory, Protocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from ssebridge.address import RedisServer
+from ssebridge.redis.resp import Arg, encode_command
+
+__all__ = [
+    "DISCOVERY_TIMEOUT",
+    "SWITCH_WAIT",
+    "SentinelEndpoint",
+    "SentinelError",
+    "UnknownMaster",
+    "ask_sentinel",
+    "discover_master",
+]
+
+log = Logger()
+
+#: Seconds one sentinel has to answer (connection included) before the next one is asked.
+DISCOVERY_TIMEOUT = 1.0
+#: Seconds to connect to the master the sentinels named.
+CONNECT_TIMEOUT = 3
+#: Seconds a connect attempt that found the named master unreachable waits for ``+switch-master``.
+#: The master most likely has just died and the sentinels have not failed over yet; the switch
+#: arriving while the attempt waits is the earliest moment the new master can be reached.
+SWITCH_WAIT = 2.0
+# The watcher's reconnects to the sentinels: 0.5 s doubling to 5 s, jittered.
+_WATCH_INITIAL = 0.5
+_WATCH_MAX = 5.0
+
+Address = tuple[str, int]
+
+
+class SentinelError(Exception):
+    """The sentinels gave no usable master address (the message says why)."""
+
+
+class UnknownMaster(SentinelError):
+    """A sentinel answered, and knows no master by that name: most likely a misconfigured name."""
+
+
+class _Query(Protocol):
+    """Write some commands in one go, collect one reply each, then close."""
+
+    def __init__(self, commands: list[tuple[Arg, ...]]) -> None:
+        self.commands = commands
+        self.replies: list[Any] = []
+        self.done: Deferred[list[Any]] = Deferred(lambda _: self._abort())
+        self._reader = hiredis.Reader()
+
+    def connectionMade(self) -> None:
+        assert self.transport is not None
+        self.transport.write(b"".join(encode_command(*c) for c in self.commands))
+
+    def dataReceived(self, data: bytes) -> None:
+        self._reader.feed(data)
+        while len(self.replies) < len(self.commands):
+            reply = self._reader.gets()
+            if reply is False:
+                return
+            self.replies.append(reply)
+        if not self.done.called:
+            self.done.callback(self.replies)
+        self._abort()
+
+    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
+        if not self.done.called:
+            self.done.errback(ConnectionError("the sentinel closed the connection"))
+
+    def _abort(self) -> None:
+        if self.transport is not None:
+            self.transport.abortConnection()  # type: ignore[attr-defined]
+
+
+def _text(value: Any) -> str:
+    return value.decode(errors="replace") if isinstance(value, bytes) else str(value)
+
+
+def _auth(username: str | None, password: str | None) -> list[tuple[Arg, ...]]:
+    if password is None:
+        return []
+    return [("AUTH", username, password) if username else ("AUTH", password)]
+
+
+async def ask_sentinel(
+    reactor: Any, node: Address, server: RedisServer, timeout: float = DISCOVERY_TIMEOUT
+) -> Address:
+    """The master's address according to the sentinel at ``node``; raises ``SentinelError`` (or
+    ``UnknownMaster``) when it gives none, within ``timeout`` seconds."""
+    commands = _auth(server.sentinel_username, server.sentinel_password)
+    commands.append(("SENTINEL", "get-master-addr-by-name", server.master))
+    query = _Query(commands)
+    endpoint = HostnameEndpoint(reactor, node[0], node[1], timeout=max(1, round(timeout)))
+    attempt = endpoint.connect(Factory.forProtocol(lambda: query))
+    try:
+        await attempt.addTimeout(timeout, reactor)
+        replies = await query.done.addTimeout(timeout, reactor)
+    except DeadlinePassed:
+        raise SentinelError(f"no answer within {timeout:g}s") from None
+    except (ConnectError, ConnectionError) as e:
+        raise SentinelError(str(e) or type(e).__name__) from None
+    for reply in replies[:-1]:
+        if isinstance(reply, Exception):
+            raise SentinelError(f"AUTH refused: {reply}")
+    answer = replies[-1]
+    if isinstance(answer, Exception):
+        raise SentinelError(f"SENTINEL refused: {answer}")
+    if answer is None:
+        raise UnknownMaster(f"no master named {server.master!r}")
+    if not (isinstance(answer, list) and len(answer) == 2):
+        raise SentinelError(f"unexpected answer {answer!r:.80}")
+    host, port = _text(answer[0]), _text(answer[1])
+    if not port.isdigit():
+        raise SentinelError(f"unexpected port {port!r:.20}")
+    return host, int(port)
+
+
+async def discover_master(
+    reactor: Any, server: RedisServer, nodes: list[Address] | None = None, timeout: float = DISCOVERY_TIMEOUT
+) -> Address:
+    """Ask the sentinels in turn; the first address given wins (the sentinel that gave it moves to the
+    front of ``nodes``, when given, so that the next discovery asks it first)."""
+    order = nodes if nodes is not None else list(server.nodes)
+    errors: list[str] = []
+    unknown = 0
+    for node in list(order):
+        try:
+            address = await ask_sentinel(reactor, node, server, timeout)
+        except UnknownMaster:
+            unknown += 1
+            errors.append(f"{node[0]}:{node[1]}: unknown master")
+            continue
+        except SentinelError as e:
+            errors.append(f"{node[0]}:{node[1]}: {e}")
+            continue
+        if nodes is not None and order[0] != node:
+            order.remove(node)
+            order.insert(0, node)
+        return address
+    if unknown:
+        # Some sentinels answered and none knows the name: say it plainly, it is a config error.
+        raise UnknownMaster(
+            f"the sentinels know no master named {server.master!r} (misconfigured master name?): "
+            + "; ".join(errors)
+        )
+    raise SentinelError("no sentinel gave the master's address: " + "; ".join(errors))
+
+
+@implementer(IStreamClientEndpoint)
+class SentinelEndpoint:
+    """Connects to the master the sentinels name at each ``connect()``; follows ``+switch-master``.
+
+    ``master`` is the address of the last connection made, ``discoveries`` counts the sentinels' answers
+    asked for (how often a reconnect loop asked: a test of the backoff reads it). ``close()`` stops the
+    watcher; the owner of the factory calls it when it stops.
+    """
+
+    def __init__(self, reactor: Any, server: RedisServer, watch: bool = True) -> None:
+        self.reactor = reactor
+        self.server = server
+        self.name = server.describe()
+        self.master: Address | None = None
+        self.discoveries = 0
+        self._nodes = list(server.nodes)
+        self._last_error = ""
+        self._connections: list[tuple[Address, Any]] = []
+        self._switch_waiters: list[Deferred[Address | None]] = []
+        self._watch = watch
+        self._watcher: ClientService | None = None
+        self._closed = False
+
+    # IStreamClientEndpoint
+
+    def connect(self, protocolFactory: IProtocolFactory) -> Deferred[IProtocol]:
+        if self._watch and self._watcher is None and not self._closed:
+            self._start_watcher()
+        return Deferred.fromCoroutine(self._connect(protocolFactory))
+
+    async def _connect(self, factory: IProtocolFactory) -> IProtocol:
+        address = await self._discover()
+        try:
+            protocol = await self._dial(address, factory)
+        except ConnectError as e:
+            if self._watcher is None:
+                raise
+            # The master the sentinels name is unreachable: most likely it died and they have not
+            # failed over yet. The switch, if it comes while we wait, names the new master.
+            log.info(
+                "redis {server}: master {master} unreachable ({error}); waiting {wait:g}s for a failover",
+                server=self.name,
+                master=_host_port(address),
+                error=str(e) or type(e).__name__,
+                wait=SWITCH_WAIT,
+            )
+            moved = await self._next_switch(SWITCH_WAIT)
+            if moved is None:
+                raise
+            address = moved
+            protocol = await self._dial(address, factory)
+        return protocol
+
+    async def _discover(self) -> Address:
+        self.discoveries += 1
+        try:
+            address = await discover_master(self.reactor, self.server, self._nodes)
+        except SentinelError as e:
+            message = str(e)
+            # Once per kind of error in a row: a wrong name would otherwise log at every retry.
+            kind = type(e).__name__
+            if kind != self._last_error:
+                self._last_error = kind
+                log.error(
+                    "redis {server}: {error}; asking again with backoff (not ready meanwhile)",
+                    server=self.name,
+                    error=message,
+                    cause="sentinel-unknown-master" if isinstance(e, UnknownMaster) else "sentinel",
+                )
+            raise
+        if self._last_error:
+            log.info("redis {server}: the sentinels answer again", server=self.name)
+            self._last_error = ""
+        if address != self.master:
+            log.info(
+                "redis {server}: the sentinels name {master} as master {name}",
+                server=self.name,
+                master=_host_port(address),
+                name=self.server.master,
+            )
+        return address
+
+    async def _dial(self, address: Address, factory: IProtocolFactory) -> IProtocol:
+        endpoint = HostnameEndpoint(self.reactor, address[0], address[1], timeout=CONNECT_TIMEOUT)
+        protocol = await endpoint.connect(factory)
+        self.master = address
+        self._connections = [(a, p) for a, p in self._connections if _alive(p)]
+        self._connections.append((address, protocol))
+        return protocol
+
+    # Following the master
+
+    def _next_switch(self, timeout: float) -> Deferred[Address | None]:
+        waiter: Deferred[Address | None] = Deferred(lambda d: self._forget_waiter(d))
+        self._switch_waiters.append(waiter)
+        call = self.reactor.callLater(timeout, self._switch_timeout, waiter)
+        waiter.addBoth(_cancel_call, call)
+        return waiter
+
+    def _forget_waiter(self, waiter: Deferred[Address | None]) -> None:
+        if waiter in self._switch_waiters:
+            self._switch_waiters.remove(waiter)
+
+    def _switch_timeout(self, waiter: Deferred[Address | None]) -> None:
+        self._forget_waiter(waiter)
+        if not waiter.called:
+            waiter.callback(None)
+
+    def master_moved(self, address: Address) -> None:
+        """A sentinel announced that the master is now at ``address``: close connections elsewhere
+        (their reconnect asks the sentinels again) and wake the attempts waiting for it."""
+        log.warn(
+            "redis {server}: master {name} switched to {master}; reconnecting",
+            server=self.name,
+            name=self.server.master,
+            master=_host_port(address),
+        )
+        stale = [p for a, p in self._connections if a != address and _alive(p)]
+        self._connections = [(a, p) for a, p in self._connections if a == address and _alive(p)]
+        for protocol in stale:
+            protocol.transport.abortConnection()
+        waiters, self._switch_waiters = self._switch_waiters, []
+        for waiter in waiters:
+            if not waiter.called:
+                waiter.callback(address)
+
+    def _start_watcher(self) -> None:
+        factory = Factory.forProtocol(lambda: _SwitchWatcher(self))
+        service = ClientService(
+            _RotatingEndpoint(self.reactor, self._nodes),
+            factory,
+            retryPolicy=_watch_delay,
+            clock=self.reactor,
+        )
+        self._watcher = service
+        service.startService()
+
+    def close(self) -> Deferred[None]:
+        """Stop following the master (the owner's factory is stopping)."""
+        self._closed = True
+        waiters, self._switch_waiters = self._switch_waiters, []
+        for waiter in waiters:
+            if not waiter.called:
+                waiter.callback(None)
+        watcher, self._watcher = self._watcher, None
+        if watcher is None:
+            return succeed(None)
+        return watcher.stopService()
+
+
+def _alive(protocol: Any) -> bool:
+    transport = getattr(protocol, "transport", None)
+    return transport is not None and bool(getattr(transport, "connected", False))
+
+
+def _cancel_call(result: Any, call: Any) -> Any:
+    if call.active():
+        call.cancel()
+    return result
+
+
+def _host_port(address: Address) -> str:
+    return f"{address[0]}:{address[1]}"
+
+
+def _watch_delay(attempt: int) -> float:
+    base = min(_WATCH_MAX, _WATCH_INITIAL * 2.0 ** min(attempt - 1, 16))
+    return base * random.uniform(0.5, 1.0)
+
+
+@implementer(IStreamClientEndpoint)
+class _RotatingEndpoint:
+    """Each connect goes to the next sentinel: a watcher whose sentinel died moves on to another."""
+
+    def __init__(self, reactor: Any, nodes: list[Address]) -> None:
+        self.reactor = reactor
+        self.nodes = nodes
+        self._next = 0
+
+    def connect(self, protocolFactory: IProtocolFactory) -> Deferred[IProtocol]:
+        host, port = self.nodes[self._next % len(self.nodes)]
+        self._next += 1
+        endpoint = HostnameEndpoint(self.reactor, host, port, timeout=CONNECT_TIMEOUT)
+        return endpoint.connect(protocolFactory)
+
+
+class _SwitchWatcher(Protocol):
+    """A subscriber to ``+switch-master`` on one sentinel, reporting moves of one master."""
+
+    def __init__(self, endpoint: SentinelEndpoint) -> None:
+        self.endpoint = endpoint
+        self._reader = hiredis.Reader()
+
+    def connectionMade(self) -> None:
+        assert self.transport is not None
+        server = self.endpoint.server
+        commands = _auth(server.sentinel_username, server.sentinel_password)
+        commands.append(("SUBSCRIBE", "+switch-master"))
+        self.transport.write(b"".join(encode_command(*c) for c in commands))
+
+    def dataReceived(self, data: bytes) -> None:
+        self._reader.feed(data)
+        while (reply := self._reader.gets()) is not False:
+            if isinstance(reply, Exception):
+                # AUTH refused: the discovery logs the same error; this connection is useless.
+                assert self.transport is not None
+                self.transport.loseConnection()
+                return
+            if isinstance(reply, list) and len(reply) == 3 and reply[0] == b"message":
+                self._switch(reply[2])
+
+    def _switch(self, payload: bytes) -> None:
+        # "<name> <old ip> <old port> <new ip> <new port>"
+        words = payload.split()
+        if len(words) != 5 or _text(words[0]) != self.endpoint.server.master or not words[4].isdigit():
+            return
+        self.endpoint.master_moved((_text(words[3]), int(words[4])))
+
+
+def _conforms(reactor: IReactorTime, server: RedisServer) -> IStreamClientEndpoint:
+    return SentinelEndpoint(reactor, server)
