@@ -126,7 +126,7 @@ def parse_action(text: str) -> Action:
     values: dict[str, str] = {}
     channels: list[str] = []
     patterns: list[str] = []
-    for item in args.split(","):
+    for item in _items(args):
         key, eq, value = item.partition("=")
         key, value = key.strip(), value.strip()
         if not eq:
@@ -172,6 +172,21 @@ def parse_action(text: str) -> Action:
         patterns=tuple(patterns),
         name_events=name_events,
     )
+
+
+def _items(args: str) -> list[str]:
+    """``args`` split at its commas, but for the commas inside a ``server=sentinel://h1,h2/NAME`` or
+    ``server=cluster://h1,h2`` address: what follows such a comma continues the address until an item
+    starts with a known key."""
+    items: list[str] = []
+    for item in args.split(","):
+        if items and item.partition("=")[0].strip() not in ACTION_KEYS:
+            key, _, value = items[-1].partition("=")
+            if key.strip() == "server" and value.strip().lower().startswith(("sentinel://", "cluster://")):
+                items[-1] += "," + item
+                continue
+        items.append(item)
+    return items
 
 
 def action_text(action: Action) -> str:

@@ -11,6 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from ssebridge.address import DEFAULT_SERVER, RedisServer, parse_server
+from ssebridge.routing import actions
 from ssebridge.routing.rules import (
     MAX_CHANNEL_LENGTH,
     Action,
@@ -465,3 +466,16 @@ def test_any_template_tokenises_or_raises_rule_error(text: str) -> None:
     except RuleError:
         return
     assert isinstance(template.substitute({"a": "A"}), str)
+
+
+def test_a_deployment_address_keeps_its_commas_in_a_server_argument() -> None:
+    """``sentinel://h1,h2/NAME`` and ``cluster://h1,h2`` list hosts with commas, the argument separator."""
+    action = parse_action("sse:server=sentinel://a:1,b:2/m?db=1,subscribe=$1,buffer_size=3")
+    assert action.server == "sentinel://a:1,b:2/m?db=1"
+    assert action.channel == "$1" and action.buffer_size == 3
+    assert action._fixed_server == parse_server("sentinel://a:1,b:2/m?db=1")
+    assert parse_action(actions.action_text(action)) == action
+    assert parse_action("sse:server=cluster://a:1,b:2,subscribe=x").server == "cluster://a:1,b:2"
+    # Elsewhere a bare comma still separates arguments: a typo is reported, not swallowed.
+    with pytest.raises(RuleError, match="not key=value"):
+        parse_action("sse:server=a:1,b:2,subscribe=x")
