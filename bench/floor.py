@@ -7,6 +7,10 @@ thread that subscribes to one Redis channel and, for each batch read, frames it 
 bridge's figures are reported as multiples of it. nginx + nchan (Redis mode), the best peer we know,
 runs too where Debian's ``nginx`` and ``libnginx-mod-nchan`` are installed.
 
+``ssebridge-py`` is the same bridge with its pure-Python fan-out loop (``SSEBRIDGE_FANOUT=python``), to
+weigh the optional C loop (``ssebridge._fanout``, built in the tree by ``setup.py build_ext --inplace``;
+each run reports which loop the bridge had: ``fanout``).
+
 Every run gets a fresh redis-server and a fresh server; the servers alternate within a round
 (floor, ssebridge, nchan for each scenario), so drifting load from other work hits all of them alike.
 Clients and publishers are the C tool ``sseload`` (``/work/shared/bench/sseload.c``), built with
@@ -17,6 +21,7 @@ the script stops, saying so.
     python bench/floor.py                          # 1 round of every scenario
     python bench/floor.py --rounds 2 --only 10k,16ch
     python bench/floor.py --repo /tmp/bench-head   # the bridge of another tree
+    python bench/floor.py --servers floor,ssebridge,ssebridge-py --only 10k   # C loop against Python loop
 
 Figures per run: p50/p99 publish-to-receive latency (every event, ``sseload``'s histogram), delivered
 events/s (first to last event), lost/dup, server CPU (utime+stime of its process tree from the first
@@ -28,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import statistics
 import subprocess
@@ -79,6 +85,22 @@ def build(source: Path, out_dir: Path) -> Path | None:
     binary = out_dir / source.stem
     subprocess.run(["gcc", "-O2", "-o", str(binary), str(source)], check=True)
     return binary
+
+
+def fanout_of(repo: Path) -> str:
+    """Which fan-out loop ``repo``'s bridge runs (``c`` when its ``ssebridge._fanout`` is built)."""
+    probe = "import ssebridge.fanout as f; print(f.IMPLEMENTATION)"
+    try:
+        out = subprocess.run(
+            [sys.executable, "-c", probe],
+            env={**os.environ, "PYTHONPATH": str(repo)},
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+    except subprocess.CalledProcessError:
+        return "unknown (a tree from before ssebridge.fanout)"
+    return out.stdout.strip()
 
 
 def nchan_available() -> bool:
@@ -152,7 +174,10 @@ def start_server(
         services.write_bridge_config(
             config, port, f"127.0.0.1:{redis_port}", 1, [f"route = ^/multi$ sse:{multi}"]
         )
-        proc = services.start_bridge(reaper, repo, config, port, run_dir / "bridge.log")
+        command = services.DEFAULT_BRIDGE_CMD
+        if kind == "ssebridge-py":
+            command = "env SSEBRIDGE_FANOUT=python " + command
+        proc = services.start_bridge(reaper, repo, config, port, run_dir / "bridge.log", command=command)
     out.close()
     return port, proc.pid
 
@@ -323,7 +348,7 @@ def summarize(rows: list[dict[str, Any]], scenarios: list[Scenario]) -> list[dic
     for sc in scenarios:
         floor_key = "1k" if sc.channels > 1 else sc.key  # the floor has one channel: compare at the same rate
         floor_rows = [r for r in rows if r["server"] == "floor" and r["scenario"] == floor_key]
-        for kind in ("floor", "ssebridge", "nchan"):
+        for kind in ("floor", "ssebridge", "ssebridge-py", "nchan"):
             mine = [r for r in rows if r["server"] == kind and r["scenario"] == sc.key]
             if not mine:
                 continue
@@ -379,12 +404,17 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=1)
     ap.add_argument("--only", default="", help="comma-separated scenario keys (10k,5k,1k,16ch); default all")
-    ap.add_argument("--servers", default="floor,ssebridge,nchan", help="which servers (those available)")
+    ap.add_argument(
+        "--servers",
+        default="floor,ssebridge,nchan",
+        help="which servers (those available): floor, ssebridge, ssebridge-py, nchan",
+    )
     ap.add_argument("--repo", type=Path, default=REPO, help="the tree whose ssebridge is run (PYTHONPATH)")
     ap.add_argument("--shared", type=Path, default=SHARED, help="where floor.c and sseload.c are")
     ap.add_argument("--settle", type=float, default=2.0, help="seconds before each RSS reading")
     args = ap.parse_args()
     scenarios = [s for s in SCENARIOS if not args.only or s.key in args.only.split(",")]
+    log(f"bridge at {args.repo}: fan-out loop {fanout_of(args.repo)}")
     tmp = Path(tempfile.mkdtemp(prefix="ssebridge-floor-"))
     try:
         sseload = build(args.shared / "sseload.c", tmp)
@@ -409,7 +439,7 @@ def main() -> int:
         for rnd in range(1, args.rounds + 1):
             for sc in scenarios:
                 for kind in servers:
-                    if sc.channels > 1 and kind != "ssebridge":
+                    if sc.channels > 1 and not kind.startswith("ssebridge"):
                         continue  # the floor has one channel; nchan's multiplexed channels are another API
                     label = f"{sc.key}-{kind}-r{rnd}"
                     log(f"{label}: {sc.clients:,} clients x {sc.rate:g} msg/s, {sc.messages:,} messages")
@@ -431,7 +461,13 @@ def main() -> int:
                     rows.append(row)
         summary = summarize(rows, scenarios)
         print_tables(rows, summary)
-        result = {"rows": rows, "summary": summary, "servers": servers, "repo": str(args.repo)}
+        result = {
+            "rows": rows,
+            "summary": summary,
+            "servers": servers,
+            "repo": str(args.repo),
+            "fanout": fanout_of(args.repo),
+        }
         out_root.mkdir(parents=True, exist_ok=True)
         (out_root / "result.json").write_text(json.dumps(result, indent=1), encoding="utf-8")
         print(json.dumps(result))

@@ -19,7 +19,7 @@ with its last, so that requests cannot leave connections (and reconnect loops) b
 
 from __future__ import annotations
 
-from collections.abc import Callable, Hashable, Mapping
+from collections.abc import Callable, Hashable, Iterable, Mapping
 from typing import Any
 
 from twisted.internet.defer import Deferred, gatherResults
@@ -27,7 +27,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from ssebridge.config.defaults import MAX_MESSAGE_SIZE, REPLAY_LIMIT
-from ssebridge.hub.channel import REFUSED_COMMENT, Channel
+from ssebridge.hub.channel import REFUSED_COMMENT, Channel, Cork
 from ssebridge.hub.patterns import Pattern, PatternGroup
 from ssebridge.hub.replay import MAX_REPLAY_PAGES, HistoryReplay
 from ssebridge.hub.stats import Stats
@@ -143,6 +143,15 @@ class ChannelGroup(PatternGroup, HistoryReplay):
             ch.unconfirm()
         self._unconfirm_patterns()
 
+    def subscriptions_lost(self, names: Iterable[bytes]) -> None:
+        # Only these names: the rest of the transport's subscriptions still deliver. Once confirmed
+        # again, the channel catches up from history as after a reconnect.
+        for name in names:
+            found = self._names.get(name)
+            if found is not None:
+                found[0].unconfirm_name(name)
+                found[0].replays.clear()
+
     def subscribed(self, channel: bytes) -> None:
         found = self._names.get(channel)
         if found is None:
@@ -167,20 +176,26 @@ class ChannelGroup(PatternGroup, HistoryReplay):
         names = self._names
         limit = self.max_message_size
         stats = self.stats
-        for name, messages in batch.items():
-            stats.messages_received += len(messages)
-            found = names.get(name)
-            if found is None:
-                continue
-            if limit and any(len(m) > limit for m in messages):
-                messages = self._drop_oversize(name, messages)
-                if not messages:
+        # Streams of several channels get one send for the whole read (see channel.Cork).
+        cork = Cork()
+        try:
+            for name, messages in batch.items():
+                stats.messages_received += len(messages)
+                found = names.get(name)
+                if found is None:
                     continue
-            ch, is_envelope = found
-            if is_envelope:
-                self._deliver_envelopes(ch, messages)
-            else:
-                ch.deliver(messages)
+                if limit and any(len(m) > limit for m in messages):
+                    messages = self._drop_oversize(name, messages)
+                    if not messages:
+                        continue
+                ch, is_envelope = found
+                if is_envelope:
+                    cork.flush()
+                    self._deliver_envelopes(ch, messages)
+                else:
+                    ch.deliver(messages, cork)
+        finally:
+            cork.flush()
 
     def _deliver_envelopes(self, ch: Channel, messages: list[bytes]) -> None:
         events = []

@@ -239,3 +239,28 @@ def test_streams_at_the_same_positions_share_one_frame_and_split_when_one_falls_
     for s in (first, second):
         assert _ids(s) == ["a:1-0", "a:1-0,b:1-0", "a:2-0,b:1-0", "a:3-0,b:1-0"]
     assert _ids(late)[-1] == "a:3-0,b:1-0"
+
+
+def test_a_read_of_several_channels_is_one_send_per_stream_of_several_channels() -> None:
+    hub, group, _ = _hub()
+    every = [FakeSubscriber() for _ in range(2)]
+    some, single = FakeSubscriber(), FakeSubscriber()
+    for s in every:
+        s.positions = {b"a": None, b"b": None, b"c": None}
+    some.positions = {b"a": None, b"c": None}
+    for s in every:
+        for c in (b"a", b"b", b"c"):
+            hub.attach("s", c, s)
+    hub.attach("s", b"a", some)
+    hub.attach("s", b"c", some)
+    hub.attach("s", b"b", single)
+    for c in (b"a", b"b", b"c"):
+        confirm(group, c)
+    group.deliver({b"a": [b"1", b"2"], b"b": [b"3"], b"c": [b"4"]})
+    first, second = every
+    assert len(first.received) == len(second.received) == 1
+    assert first.received[0][0] is second.received[0][0]  # one frame for both
+    assert first.received[0] == (b"data: 1\n\ndata: 2\n\ndata: 3\n\ndata: 4\n\n", 4)
+    assert some.received == [(b"data: 1\n\ndata: 2\n\ndata: 4\n\n", 3)]
+    assert single.received == [(b"data: 3\n\n", 1)]
+    assert group.stats.frames_delivered == 4 + 4 + 3 + 1
