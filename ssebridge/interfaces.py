@@ -22,7 +22,7 @@ May import: the standard library, ``twisted.internet.defer`` (for ``Deferred`` o
 
 from __future__ import annotations
 
-from collections.abc import Callable, Hashable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
@@ -68,6 +68,10 @@ class TransportSink(Protocol):
 
     def connection_down(self) -> None:
         """The connection was lost: subscriptions are void until confirmed again."""
+
+    def subscriptions_lost(self, names: Iterable[bytes]) -> None:
+        """The server dropped these subscriptions while the rest stay (a Redis Cluster node's connection
+        lost, a slot migrated or failed over): each is void until ``subscribed`` again."""
 
     def subscribed(self, channel: bytes) -> None:
         """The server confirmed the subscription to ``channel``."""

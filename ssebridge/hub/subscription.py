@@ -42,3 +42,9 @@ class Subscription:
         """The connection was lost: every name must be confirmed again."""
         self.confirmed = False
         self._unconfirmed = set(self._names)
+
+    def unconfirm_name(self, name: bytes) -> None:
+        """The server dropped ``name`` alone (a Redis Cluster slot moved): it must be confirmed again."""
+        if name in self._names:
+            self.confirmed = False
+            self._unconfirmed.add(name)

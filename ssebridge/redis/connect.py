@@ -17,6 +17,7 @@ from twisted.internet.interfaces import IReactorTime
 from ssebridge.address import RedisServer
 from ssebridge.hub.channels import Hub
 from ssebridge.interfaces import History, Transport, TransportFactory, TransportSink
+from ssebridge.redis.cluster import ClusterHistory, ClusterTransport
 from ssebridge.redis.history import RedisHistory
 from ssebridge.redis.pubsub import RedisTransport
 
@@ -34,6 +35,8 @@ def redis_transport_factory(reactor: IReactorTime | None = None) -> TransportFac
 
     def make(key: Hashable, sink: TransportSink) -> Transport:
         server = _server(key)
+        if server.kind == "cluster":
+            return ClusterTransport(server, sink, reactor)
         return RedisTransport(server, sink, reactor)
 
     return make
@@ -46,6 +49,8 @@ def redis_history_factory(reactor: IReactorTime | None = None) -> Callable[[Hash
     def make(key: Hashable) -> History | None:
         if not isinstance(key, RedisServer):
             return None
+        if key.kind == "cluster":
+            return ClusterHistory(key, reactor)
         return RedisHistory(key, reactor)
 
     return make

@@ -14,6 +14,11 @@ messages are batched the same way, per pattern, as ``(channel, data)`` pairs (``
 a run of channel messages and a run of pattern messages are delivered in the order they were read,
 so a stream on a channel and a pattern gets its messages in the server's order.
 
+On a Redis Cluster's sharded pub/sub (``SSUBSCRIBE``), messages come as ``smessage`` and are batched as
+``message`` is; a node that drops a channel on its own (its slot migrated, the node failed over) pushes
+a ``sunsubscribe`` nobody asked for: it is told apart from the answer to a ``SUNSUBSCRIBE`` by the FIFO
+(the oldest command waiting is not that channel's ``SUNSUBSCRIBE``) and reported to ``pushes``.
+
 Pure and reactor-free: ``ReplyLoop.process`` takes anything with hiredis's ``Reader.gets()``, so the
 unit tests feed it raw RESP bytes. May import: ``ssebridge.redis.resp``.
 """
@@ -21,14 +26,18 @@ unit tests feed it raw RESP bytes. May import: ``ssebridge.redis.resp``.
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 from typing import Any, Protocol
 
 from ssebridge.redis.resp import encode_command
 
-__all__ = ["MESSAGE", "PMESSAGE", "ReplyHandler", "ReplyLoop", "ReplySource"]
+__all__ = ["MESSAGE", "PMESSAGE", "SMESSAGE", "SUNSUBSCRIBE", "ReplyHandler", "ReplyLoop", "ReplySource"]
 
 MESSAGE = b"message"
 PMESSAGE = b"pmessage"
+SMESSAGE = b"smessage"
+SUNSUBSCRIBE = b"sunsubscribe"
+_SUNSUBSCRIBE_COMMAND = b"SUNSUBSCRIBE"
 
 
 class ReplySource(Protocol):
@@ -59,12 +68,14 @@ class ReplyHandler(Protocol):
 class ReplyLoop:
     """The commands sent on one connection and not yet answered, and the loop that answers them."""
 
-    __slots__ = ("handler", "sent")
+    __slots__ = ("handler", "sent", "pushes")
 
-    def __init__(self, handler: ReplyHandler) -> None:
+    def __init__(self, handler: ReplyHandler, pushes: Callable[[bytes], None] | None = None) -> None:
         self.handler = handler
         #: (command, first argument) of every command awaiting its reply, oldest first.
         self.sent: deque[tuple[bytes, bytes]] = deque()
+        #: Told of each channel a cluster node unsubscribed on its own (``None``: not sharded pub/sub).
+        self.pushes = pushes
 
     def command(self, *args: bytes) -> bytes:
         """The RESP bytes of a command to write now; its reply is expected after those sent before."""
@@ -82,7 +93,7 @@ class ReplyLoop:
                 break
             if type(reply) is list:
                 size = len(reply)
-                if size == 3 and reply[0] == MESSAGE:
+                if size == 3 and (reply[0] == MESSAGE or reply[0] == SMESSAGE):
                     if pbatch is not None:
                         # Order across the two kinds: pattern messages read before go out first.
                         handler.deliver_patterns(pbatch)
@@ -114,6 +125,15 @@ class ReplyLoop:
             if pbatch is not None:
                 handler.deliver_patterns(pbatch)
                 pbatch = None
+            if (
+                self.pushes is not None
+                and type(reply) is list
+                and len(reply) == 3
+                and reply[0] == SUNSUBSCRIBE
+                and (not self.sent or self.sent[0] != (_SUNSUBSCRIBE_COMMAND, reply[1]))
+            ):
+                self.pushes(reply[1])
+                continue
             if not self.sent:
                 handler.unexpected(reply)
                 continue
