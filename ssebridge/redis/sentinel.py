@@ -1,11 +1,12 @@
 """Reaching a Sentinel-managed master: ask the sentinels where it is at every connect, follow its moves.
 
 ``SentinelEndpoint`` is the client endpoint ``endpoint_for`` gives for a ``sentinel://`` address. Its
-``connect()`` asks the sentinels in turn (``SENTINEL get-master-addr-by-name``, after ``AUTH`` when the
-address gives the sentinels' own credentials, each with a deadline) and then connects to the master
-they name. txredisapi's reconnect loop calls ``connect()`` at every attempt, so every reconnect asks
-again: a failover is a reconnect to another address, after which the transport resubscribes and the
-hub catches up from history.
+``connect()`` asks the sentinels in turn (``SENTINEL MASTER``, after ``AUTH`` when the address gives
+the sentinels' own credentials, each with a deadline; a sentinel that sees the master down is passed
+over for one that names a master it sees up) and then connects to the master they name.
+txredisapi's reconnect loop calls ``connect()`` at every attempt, so every reconnect asks again: a
+failover is a reconnect to another address, after which the transport resubscribes and the hub
+catches up from history.
 
 The handshake checks ``ROLE`` on each new connection (``ssebridge.redis.handshake``): a sentinel in a
 minority partition may still name a demoted master, and a replica would accept SUBSCRIBE and reads but
@@ -119,11 +120,15 @@ def _auth(username: str | None, password: str | None) -> list[tuple[Arg, ...]]:
 
 async def ask_sentinel(
     reactor: Any, node: Address, server: RedisServer, timeout: float = DISCOVERY_TIMEOUT
-) -> Address:
-    """The master's address according to the sentinel at ``node``; raises ``SentinelError`` (or
-    ``UnknownMaster``) when it gives none, within ``timeout`` seconds."""
+) -> tuple[Address, bool]:
+    """The master's address according to the sentinel at ``node``, and whether that sentinel sees it
+    down (``s_down``/``o_down``: a failover is likely under way, another sentinel may know better);
+    raises ``SentinelError`` (or ``UnknownMaster``) when it gives none, within ``timeout`` seconds.
+
+    ``SENTINEL MASTER`` rather than ``get-master-addr-by-name``: its flags say whether the address is
+    that of a master the sentinel itself sees down."""
     commands = _auth(server.sentinel_username, server.sentinel_password)
-    commands.append(("SENTINEL", "get-master-addr-by-name", server.master))
+    commands.append(("SENTINEL", "MASTER", server.master))
     query = _Query(commands)
     endpoint = HostnameEndpoint(reactor, node[0], node[1], timeout=max(1, round(timeout)))
     attempt = endpoint.connect(Factory.forProtocol(lambda: query))
@@ -139,28 +144,33 @@ async def ask_sentinel(
             raise SentinelError(f"AUTH refused: {reply}")
     answer = replies[-1]
     if isinstance(answer, Exception):
+        if "no such master" in str(answer).lower():
+            raise UnknownMaster(f"no master named {server.master!r}")
         raise SentinelError(f"SENTINEL refused: {answer}")
-    if answer is None:
-        raise UnknownMaster(f"no master named {server.master!r}")
-    if not (isinstance(answer, list) and len(answer) == 2):
+    if not isinstance(answer, list):
         raise SentinelError(f"unexpected answer {answer!r:.80}")
-    host, port = _text(answer[0]), _text(answer[1])
-    if not port.isdigit():
-        raise SentinelError(f"unexpected port {port!r:.20}")
-    return host, int(port)
+    fields = {_text(answer[i]): _text(answer[i + 1]) for i in range(0, len(answer) - 1, 2)}
+    host, port = fields.get("ip", ""), fields.get("port", "")
+    if not host or not port.isdigit():
+        raise SentinelError(f"unexpected answer {answer!r:.80}")
+    flags = set(fields.get("flags", "").split(","))
+    return (host, int(port)), bool(flags & {"s_down", "o_down"})
 
 
 async def discover_master(
     reactor: Any, server: RedisServer, nodes: list[Address] | None = None, timeout: float = DISCOVERY_TIMEOUT
 ) -> Address:
-    """Ask the sentinels in turn; the first address given wins (the sentinel that gave it moves to the
-    front of ``nodes``, when given, so that the next discovery asks it first)."""
+    """Ask the sentinels in turn; the first address of a master its sentinel sees up wins (that sentinel
+    moves to the front of ``nodes``, when given, so that the next discovery asks it first). When every
+    sentinel that answers sees the master down, the first address given: a failover is under way, and
+    the connect attempt finds out."""
     order = nodes if nodes is not None else list(server.nodes)
     errors: list[str] = []
     unknown = 0
+    down: Address | None = None
     for node in list(order):
         try:
-            address = await ask_sentinel(reactor, node, server, timeout)
+            address, is_down = await ask_sentinel(reactor, node, server, timeout)
         except UnknownMaster:
             unknown += 1
             errors.append(f"{node[0]}:{node[1]}: unknown master")
@@ -168,10 +178,15 @@ async def discover_master(
         except SentinelError as e:
             errors.append(f"{node[0]}:{node[1]}: {e}")
             continue
+        if is_down:
+            down = down or address
+            continue
         if nodes is not None and order[0] != node:
             order.remove(node)
             order.insert(0, node)
         return address
+    if down is not None:
+        return down
     if unknown:
         # Some sentinels answered and none knows the name: say it plainly, it is a config error.
         raise UnknownMaster(
@@ -200,6 +215,10 @@ class SentinelEndpoint:
         self._last_error = ""
         self._connections: list[tuple[Address, Any]] = []
         self._switch_waiters: list[Deferred[Address | None]] = []
+        #: ``+switch-master`` announcements seen, and the last one's address.
+        self.switches = 0
+        self._unreachable: Address | None = None
+        self._switched_to: Address | None = None
         self._watch = watch
         self._watcher: ClientService | None = None
         self._closed = False
@@ -212,21 +231,29 @@ class SentinelEndpoint:
         return Deferred.fromCoroutine(self._connect(protocolFactory))
 
     async def _connect(self, factory: IProtocolFactory) -> IProtocol:
+        switches = self.switches
         address = await self._discover()
         try:
             protocol = await self._dial(address, factory)
         except ConnectError as e:
+            if self.switches > switches and self._switched_to not in (None, address):
+                # A switch was announced while this attempt asked: the sentinel that answered had
+                # not heard of it yet. ROLE, in the handshake, checks the announced address.
+                assert self._switched_to is not None
+                return await self._dial(self._switched_to, factory)
             if self._watcher is None:
                 raise
             # The master the sentinels name is unreachable: most likely it died and they have not
             # failed over yet. The switch, if it comes while we wait, names the new master.
-            log.info(
-                "redis {server}: master {master} unreachable ({error}); waiting {wait:g}s for a failover",
-                server=self.name,
-                master=_host_port(address),
-                error=str(e) or type(e).__name__,
-                wait=SWITCH_WAIT,
-            )
+            if address != self._unreachable:
+                # Once per address in a row: a long failover would otherwise log at every attempt.
+                self._unreachable = address
+                log.info(
+                    "redis {server}: master {master} unreachable ({error}); waiting for a failover",
+                    server=self.name,
+                    master=_host_port(address),
+                    error=str(e) or type(e).__name__,
+                )
             moved = await self._next_switch(SWITCH_WAIT)
             if moved is None:
                 raise
@@ -267,6 +294,7 @@ class SentinelEndpoint:
         endpoint = HostnameEndpoint(self.reactor, address[0], address[1], timeout=CONNECT_TIMEOUT)
         protocol = await endpoint.connect(factory)
         self.master = address
+        self._unreachable = None
         self._connections = [(a, p) for a, p in self._connections if _alive(p)]
         self._connections.append((address, protocol))
         return protocol
@@ -298,6 +326,8 @@ class SentinelEndpoint:
             name=self.server.master,
             master=_host_port(address),
         )
+        self.switches += 1
+        self._switched_to = address
         stale = [p for a, p in self._connections if a != address and _alive(p)]
         self._connections = [(a, p) for a, p in self._connections if a == address and _alive(p)]
         for protocol in stale:
