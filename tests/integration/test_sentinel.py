@@ -110,7 +110,8 @@ async def test_streams_receive_through_a_sentinel_address_in_redis_and_in_a_rout
         await twisted.close()
     for client in direct + routed:
         events = await client.wait_events(4)
-        assert [(e.data, e.id) for e in events] == list(zip(["m0", "m1", "m2", "from-twisted"], ids, strict=True))
+        expected = list(zip(["m0", "m1", "m2", "from-twisted"], ids, strict=True))
+        assert [(e.data, e.id) for e in events] == expected
         await client.disconnect()
 
 
@@ -197,7 +198,8 @@ async def test_master_killed_while_messages_flow_streams_stay_and_lose_nothing_t
     # nothing the new master still holds may be missing from any client.
     for client in clients:
         got = [e.data for e in client.events if e.event != GAP]
-        assert not kept - set(got), f"in the new master's history, not delivered: {sorted(kept - set(got))[:10]}"
+        missing = sorted(kept - set(got))
+        assert not missing, f"in the new master's history, not delivered: {missing[:10]}"
         ids = [e.id for e in client.events if e.event != GAP]
         assert len(ids) == len(set(ids)), "an event was delivered twice"
     assert set(lost) <= set(flow.acked) - kept
@@ -223,7 +225,7 @@ async def test_a_wrong_master_name_is_logged_once_and_retried_with_backoff_not_r
         globalLogPublisher.removeObserver(observe)
     [transport] = transports(service)
     assert not transport.connected
-    assert "not connected" in (service.hub.not_ready() or "") or service.hub.not_ready()
+    assert service.hub.not_ready() is not None
     # Backoff: 0.1 s doubling to 1 s, jittered: a handful of attempts in 3 s, not a busy loop.
     attempts = transport._endpoint.discoveries
     print(f"\nwrong master name: {attempts} discovery attempts in 3 s")
@@ -244,7 +246,7 @@ async def test_sentinels_down_at_start_the_bridge_waits_not_ready_then_streams(b
         assert service.hub.not_ready() is not None
         assert not client.closed.called
         await threads.deferToThread(d.start_sentinels)
-        await until(lambda: service.hub.not_ready() is None, timeout=10, what="ready once the sentinels are up")
+        await until(lambda: service.hub.not_ready() is None, timeout=10, what="ready once sentinels are up")
         await until(lambda: live(service, b"w", 1), what="stream live")
         event_id = await threads.deferToThread(lambda: publisher_for(address).publish("w", "hello"))
         [event] = await client.wait_events(1)
