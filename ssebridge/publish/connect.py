@@ -39,6 +39,27 @@ def redis_client_for(server: RedisServer, **client_options: Any) -> Any:
             ssl=server.kind == "tls",
             **client_options,
         )
+    if server.kind == "sentinel":
+        from redis.sentinel import Sentinel
+
+        # redis-py asks the sentinels again whenever a connection to the master drops, and drops one
+        # answering READONLY (a demoted master), so a publish retried after a failover reaches the new one.
+        sentinel_kwargs = {
+            k: v
+            for k, v in (("username", server.sentinel_username), ("password", server.sentinel_password))
+            if v is not None
+        }
+        timeouts = {
+            k: v for k, v in client_options.items() if k in ("socket_timeout", "socket_connect_timeout")
+        }
+        sentinels = Sentinel(list(server.nodes), sentinel_kwargs={**timeouts, **sentinel_kwargs})
+        return sentinels.master_for(
+            server.master,
+            username=server.username,
+            password=server.password,
+            db=server.db or 0,
+            **client_options,
+        )
     raise ValueError(f"{server.kind}:// addresses are not supported by the publisher yet")
 
 
