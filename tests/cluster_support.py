@@ -157,14 +157,22 @@ class Cluster:
         self.forget_map()
 
     def replica_of(self, master: RedisProcess) -> RedisProcess:
+        replicas = self.replicas_of(master)
+        if not replicas:
+            raise LookupError(f"no replica of {master.port}")
+        return replicas[0]
+
+    def replicas_of(self, master: RedisProcess) -> list[RedisProcess]:
+        """The live replicas of ``master``, as each of them says."""
         master_id = self.node_id(master)
+        found = []
         for node in self.live():
             info: bytes = node.command("CLUSTER", "NODES")
             for line in info.decode().splitlines():
                 words = line.split()
                 if "myself" in words[2] and words[3] == master_id:
-                    return node
-        raise LookupError(f"no replica of {master.port}")
+                    found.append(node)
+        return found
 
     def command(self, node: RedisProcess, *args: Any) -> Any:
         return redis_command(node.address, *args)

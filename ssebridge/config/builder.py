@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
+from ssebridge.address import RedisServer
 from ssebridge.config import defaults
 from ssebridge.config.endpoint import POOLED_KINDS, parse_endpoint
 from ssebridge.config.schema import Config, ConfigError, MuleSpec, StaticMap
@@ -249,6 +250,7 @@ class ConfigBuilder:
         self.attempt(self._check_upstreams)
         self._check_workers()
         self._check_channels()
+        self._check_cluster_patterns()
 
     def _settle_unknowns(self) -> None:
         if not (self.strict or self.values.get("strict", defaults.STRICT)):
@@ -309,6 +311,24 @@ class ConfigBuilder:
                     line,
                     f"{self.rule_key(rule.kind)}: {count} channels and patterns, more than "
                     f"max_channels = {cap}{setting}",
+                )
+
+    def _check_cluster_patterns(self) -> None:
+        """Sharded pub/sub (Redis Cluster) has no ``PSUBSCRIBE``: a rule asking for patterns on a
+        ``cluster://`` server could never deliver them, so it is an error now, not a refusal per request."""
+        default = self.values.get("redis")
+        for rule, line in zip(self.rules, self.rule_lines, strict=True):
+            action = rule.action
+            if not action.patterns:
+                continue
+            server = action._fixed_server if action.server is not None else default
+            if isinstance(server, RedisServer) and server.kind == "cluster":
+                self.attempt(
+                    self._raise,
+                    line,
+                    f"{self.rule_key(rule.kind)}: psubscribe= on {server.describe()}: a Redis Cluster has "
+                    "no pattern subscriptions (sharded pub/sub takes channel names only); name the "
+                    "channels, or route the patterns to a non-cluster server",
                 )
 
     def _check_workers(self) -> None:

@@ -14,7 +14,8 @@ and moves channels when the map changes:
   it went, and the map is read again.
 - a node's connection lost: its channels are void; the map is read again, with a bounded, jittered
   backoff while any channel's node is unreachable or the cluster is not ``ok`` (a failover takes about
-  the cluster's node timeout), and every 5 s otherwise.
+  the cluster's node timeout), and every second otherwise: a master demoted by ``CLUSTER FAILOVER``
+  tells its subscribers nothing (Redis 7.0), so only the map shows that its channels moved.
 
 After each of these the hub is told which subscriptions were lost (``TransportSink.subscriptions_lost``),
 and when they are confirmed again each channel catches up from history, as after a reconnect: the
@@ -76,11 +77,13 @@ Addr = tuple[str, int]
 NO_PATTERNS = (
     "a Redis Cluster has no pattern subscriptions: sharded pub/sub (SSUBSCRIBE) takes channel names only"
 )
-#: Seconds between map reads while everything is fine: picks up changes no connection reported.
-REFRESH_INTERVAL = 5.0
+#: Seconds between map reads while everything is fine (jittered down by up to half): picks up what
+#: no connection reports. Redis 7.0 sends nothing to the subscribers of a master demoted by a manual
+#: failover (``CLUSTER FAILOVER`` on its replica): its channels go quiet until the map is read again.
+REFRESH_INTERVAL = 1.0
 #: The backoff of map reads while something is wrong (a node unreachable, the cluster not ok).
 REFRESH_RETRY_INITIAL = 0.1
-REFRESH_RETRY_MAX = 2.0
+REFRESH_RETRY_MAX = 1.0
 #: Seconds one node may take to connect and answer a map read.
 ASK_TIMEOUT = 1.0
 #: Redirections and waits one history read follows before giving up.
@@ -248,9 +251,12 @@ class Topology:
         self.state = "unknown"
         self.listeners: list[Callable[[SlotMap], None]] = []
         self._reading: Deferred[SlotMap] | None = None
+        self._cancelled = False
         self._again: list[Deferred[SlotMap]] = []
         self._last_error = ""
         self._last_summary = ""
+        #: Map reads sent (each one connection to one node or more): what bounds the retries.
+        self.reads = 0
 
     @property
     def ok(self) -> bool:
@@ -269,6 +275,7 @@ class Topology:
             waiter: Deferred[SlotMap] = Deferred(self._leave)
             self._again.append(waiter)
             return waiter
+        self._cancelled = False
         reading = self._reading = Deferred.fromCoroutine(self._read())
         result: Deferred[SlotMap] = Deferred()
         reading.addBoth(self._read_done, result)
@@ -308,6 +315,7 @@ class Topology:
     def cancel(self) -> None:
         """Stop a read on its way (the owner stops)."""
         if self._reading is not None:
+            self._cancelled = True
             self._reading.cancel()
 
     async def _read(self) -> SlotMap:
@@ -319,6 +327,7 @@ class Topology:
                 auth = (b"AUTH", self.server.username.encode(), self.server.password.encode())
             commands.append(auth)
         commands += [(b"CLUSTER", b"SLOTS"), (b"CLUSTER", b"INFO")]
+        self.reads += 1
         for addr in self.candidates():
             try:
                 replies = await ask_node(self.reactor, addr, commands, ASK_TIMEOUT)
@@ -329,6 +338,9 @@ class Topology:
             except CancelledError:
                 raise
             except Exception as e:
+                if self._cancelled:
+                    # Cancelling a connection attempt fails it with ConnectingCancelledError.
+                    raise CancelledError() from None
                 errors.append(f"{addr[0]}:{addr[1]}: {str(e) or type(e).__name__}")
                 continue
             if not slots.covered:

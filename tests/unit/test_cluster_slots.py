@@ -7,11 +7,16 @@ The RESP bytes below were recorded from a redis-server 7.0 cluster node; the slo
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import hiredis
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from txredisapi import ResponseError
 
+from ssebridge.config.model import load_config
+from ssebridge.config.schema import ConfigError
 from ssebridge.publish.envelope import envelope_channel, history_key
 from ssebridge.redis.cluster import Redirect, SlotMap, parse_redirect
 from ssebridge.redis.replies import ReplyLoop
@@ -133,3 +138,32 @@ def test_a_cluster_slots_reply_maps_every_slot() -> None:
     assert slots.summary() == "127.0.0.1:17100 0-5460, 10.0.0.9:17101 5461-10922, 127.0.0.1:17102 10923-16383"
     partial = SlotMap.from_slots([[0, 9, [b"h", 1, b"i"]]], "x")
     assert partial.covered == 10 and partial.owner(10) is None
+
+
+def _load(tmp_path: Path, name: str, text: str) -> None:
+    path = tmp_path / name
+    path.write_text(text)
+    load_config(path)
+
+
+def test_patterns_on_a_cluster_are_a_config_error(tmp_path: Path) -> None:
+    toml = (
+        'redis = "cluster://127.0.0.1:7000,127.0.0.1:7001"\n'
+        '[[route]]\nmatch = "^/r$"\naction = "sse:psubscribe=room.*"\n'
+    )
+    with pytest.raises(
+        ConfigError,
+        match=r":2: route: psubscribe= on cluster://127.0.0.1:7000,127.0.0.1:7001: a Redis Cluster has no "
+        r"pattern subscriptions",
+    ):
+        _load(tmp_path, "p.toml", toml)
+    ini = (
+        "[uwsgi]\nredis = 127.0.0.1:6379\n"
+        "route = ^/ok$ sse:server=cluster://h1:7000,h2:7001,subscribe=news\n"
+        "route = ^/ok2$ sse:subscribe=news,psubscribe=x.*\n"
+        "route = ^/bad$ sse:server=cluster://h1:7000,h2:7001,subscribe=news,psubscribe=room.*\n"
+    )
+    with pytest.raises(ConfigError, match=r"p.ini:5: route: psubscribe= on cluster://h1:7000,h2:7001"):
+        _load(tmp_path, "p.ini", ini)
+    # Channels alone on a cluster, patterns on a plain server: fine.
+    _load(tmp_path, "fine.ini", ini.rsplit("route = ^/bad", 1)[0])
