@@ -60,6 +60,18 @@ def redis_client_for(server: RedisServer, **client_options: Any) -> Any:
             db=server.db or 0,
             **client_options,
         )
+    if server.kind == "cluster":
+        from redis.cluster import ClusterNode, RedisCluster
+
+        # redis-py routes EVALSHA by its first key's slot, and publish.lua's key and its SPUBLISH
+        # channel share the channel's hash tag: one node, one atomic step. It follows MOVED/ASK and
+        # reads the slot map again after a failover.
+        return RedisCluster(
+            startup_nodes=[ClusterNode(host, port) for host, port in server.nodes],  # type: ignore[no-untyped-call]
+            username=server.username,
+            password=server.password,
+            **client_options,
+        )
     raise ValueError(f"{server.kind}:// addresses are not supported by the publisher yet")
 
 
