@@ -254,3 +254,41 @@ async def test_sentinels_down_at_start_the_bridge_waits_not_ready_then_streams(b
         await client.disconnect()
     finally:
         d.cleanup()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_manual_failover_demotes_a_live_master_and_the_bridge_follows(
+    deployment: SentinelDeployment, bridges: Bridges
+) -> None:
+    """``SENTINEL FAILOVER``: the old master stays up and becomes a replica; the bridge must leave it
+    (``+switch-master``, ``ROLE``) for the new master, where publishes now go."""
+    address = deployment.address()
+    service, port = await bridges.start(address)
+    [client] = await streams(port, "/events/m", 1)
+    await until(lambda: live(service, b"m", 1), what="stream live")
+    [transport] = transports(service)
+    publisher = publisher_for(address)
+    first = publisher.publish("m", "before")
+    await client.wait_events(1)
+    old = deployment.master.port
+    # Replication is asynchronous: an event the replica has not yet got would be lost by promoting it
+    # (the kill test shows that case); here the failover starts once it has.
+    assert deployment.replica is not None
+    replica = deployment.replica
+    await until(lambda: replica.command("XLEN", history_key(b"m")) == 1, what="replicated")
+    deployment.sentinels[0].command("SENTINEL", "FAILOVER", "mymaster")
+    await until(lambda: deployment.master_address()[1] != old, timeout=15, what="sentinels switched")
+    new = deployment.master_address()[1]
+    await until(
+        lambda: transport.connected and transport._endpoint.master == ("127.0.0.1", new),
+        timeout=10,
+        what="bridge on the new master",
+    )
+    # A fresh client: one still connected to the old master would write there until the sentinels
+    # reconfigure it as a replica (up to 10 s, their INFO period), and that write would be lost
+    # (docs/sentinel.md, What can be lost).
+    later = await threads.deferToThread(lambda: publisher_for(address).publish("m", "after"))
+    events = await client.wait_events(2)
+    assert [(e.data, e.id) for e in events] == [("before", first), ("after", later)]
+    assert not client.closed.called
+    await client.disconnect()
