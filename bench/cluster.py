@@ -63,16 +63,42 @@ def start_bridge(address: str, port: int, out: Path) -> subprocess.Popen[bytes]:
     raise RuntimeError("bridge did not start")
 
 
-def run(label: str, address: str, owners: dict[str, tuple[str, int]], command: bytes, args: argparse.Namespace,
-        sseload: Path, out: Path) -> dict[str, float]:
+def run(
+    label: str,
+    address: str,
+    owners: dict[str, tuple[str, int]],
+    command: bytes,
+    args: argparse.Namespace,
+    sseload: Path,
+    out: Path,
+) -> dict[str, float]:
     port = free_port()
     bridge = start_bridge(address, port, out)
     results = out / f"{label}.jsonl"
     subs = [
         subprocess.Popen(
-            [str(sseload), "sub", "-p", str(port), "-u", f"/sub/{ch}", "-n", str(args.clients),
-             "-m", str(args.messages), "-d", "120", "-i", "5", "-o", str(results), "-L", f"{label}:{ch}"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            [
+                str(sseload),
+                "sub",
+                "-p",
+                str(port),
+                "-u",
+                f"/sub/{ch}",
+                "-n",
+                str(args.clients),
+                "-m",
+                str(args.messages),
+                "-d",
+                "120",
+                "-i",
+                "5",
+                "-o",
+                str(results),
+                "-L",
+                f"{label}:{ch}",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
         for ch in owners
     ]
