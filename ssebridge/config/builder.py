@@ -321,7 +321,7 @@ class ConfigBuilder:
             action = rule.action
             if not action.patterns:
                 continue
-            server = action._fixed_server if action.server is not None else default
+            server = action.fixed_server if action.server is not None else default
             if isinstance(server, RedisServer) and server.kind == "cluster":
                 self.attempt(
                     self._raise,

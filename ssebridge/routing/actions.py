@@ -79,6 +79,11 @@ class Action:
         object.__setattr__(self, "_fixed_server", fixed)
 
     @property
+    def fixed_server(self) -> RedisServer | None:
+        """The server this action names when it names one that references nothing (else ``None``)."""
+        return self._fixed_server
+
+    @property
     def groups(self) -> tuple[int, ...]:
         """Regex group numbers the channels, patterns and server reference."""
         groups = self._channel.groups
