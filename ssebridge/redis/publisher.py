@@ -2,7 +2,8 @@
 
 Same script, same validation, same ids as the redis-py publisher; every call returns a Deferred.
 ``twisted_publisher_for(address)`` makes one with its own connection from any server address the
-bridge takes, a Sentinel-managed master included (it follows a failover as the bridge does).
+bridge takes, a Sentinel-managed master included (it follows a failover as the bridge does), and a
+Redis Cluster (``SPUBLISH`` at each channel's slot owner, following ``-MOVED`` and ``-ASK``).
 """
 
 from __future__ import annotations
@@ -113,16 +114,25 @@ class _Factory(txredisapi.RedisFactory):  # type: ignore[misc]
 def twisted_publisher_for(
     address: str | RedisServer, reactor: IReactorTime | None = None, *, timeout: float = 5.0, **options: Any
 ) -> TwistedPublisher:
-    """A ``TwistedPublisher`` with a connection of its own to ``address`` (any form the bridge takes
-    but ``cluster://``); ``options`` are ``TwistedPublisher``'s. Calls made before the connection is up
-    wait for it; ``close()`` closes it."""
+    """A ``TwistedPublisher`` with a connection of its own to ``address`` (any form the bridge takes);
+    ``options`` are ``TwistedPublisher``'s. Calls made before the connection is up wait for it;
+    ``close()`` closes it.
+
+    On a ``cluster://`` address it publishes with ``SPUBLISH`` at the master of each channel's slot and
+    follows the cluster's redirections (``ssebridge.redis.cluster_commands``); a call the cluster does
+    not run within ``timeout`` seconds fails with ``ClusterCommandError``."""
     if reactor is None:
         from twisted.internet import reactor as default_reactor
 
         reactor = cast(IReactorTime, default_reactor)
     server = parse_server(address) if isinstance(address, str) else address
     if server.kind == "cluster":
-        raise ValueError("cluster:// addresses are not supported by the Twisted publisher")
+        from ssebridge.redis.cluster_commands import ClusterCommands
+
+        commands = ClusterCommands(server, reactor, timeout=timeout)
+        clustered = TwistedPublisher(commands, **{**options, "sharded": True})
+        clustered._close = commands.close
+        return clustered
     factory = _Factory(
         None,
         server.db,
