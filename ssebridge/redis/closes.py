@@ -7,6 +7,10 @@ The bridge cannot see that from the socket (Redis sends nothing of a message it 
 just closes), so the next connection asks ``INFO server`` (a new ``run_id`` means a restart) and
 ``CONFIG GET client-output-buffer-limit`` (the figures), and one log line says what is likely.
 
+A ``run_id`` is compared only with the previous one of the same address: after a failover (a
+``sentinel://`` address) the next connection is to another server, whose ``run_id`` differs without
+any restart, and the close is the failover's, not a buffer limit's.
+
 Pure apart from logging. May import: nothing of ssebridge.
 """
 
@@ -48,7 +52,7 @@ def run_id_of(reply: Any) -> bytes | None:
 class CloseDiagnosis:
     """One server's connections in a row: whether the last one was closed by the server, and why."""
 
-    __slots__ = ("server", "closed_by_server", "clean", "_run_id", "_restarted")
+    __slots__ = ("server", "closed_by_server", "clean", "_run_id", "_restarted", "_address", "_moved")
 
     def __init__(self, server: str) -> None:
         self.server = server
@@ -58,18 +62,38 @@ class CloseDiagnosis:
         self.clean = False
         self._run_id: bytes | None = None
         self._restarted: bool | None = None
+        #: The address of the server the last ``run_id`` is from (``None``: not known).
+        self._address: str | None = None
+        #: The previous connection's address, when the current one is to another server.
+        self._moved: str | None = None
 
-    def info(self, reply: Any) -> None:
-        """An ``INFO server`` reply on a new connection (``None``: refused)."""
+    def info(self, reply: Any, address: str | None = None) -> None:
+        """An ``INFO server`` reply on a new connection (``None``: refused) to the server at ``address``
+        (its peer address: a restart is only diagnosed when it is the same as the previous one's)."""
         run_id = run_id_of(reply)
         previous, self._run_id = self._run_id, run_id
-        self._restarted = None if previous is None or run_id is None else previous != run_id
+        before, self._address = self._address, address
+        self._moved = before if before is not None and address is not None and before != address else None
+        if self._moved is not None:
+            self._restarted = None
+        else:
+            self._restarted = None if previous is None or run_id is None else previous != run_id
 
     def explain(self, limit: str | None) -> None:
         """Log the likely cause of the last close, given the pub/sub limit (``None``: unreadable)."""
         if not self.closed_by_server:
             return
         self.closed_by_server = False
+        if self._moved is not None:
+            # A failover: the old server died or was demoted, and closed the connection doing so.
+            log.info(
+                "redis {server}: the new connection is to another server ({address}, the previous one was "
+                "to {previous}): a failover, which is what ended the previous connection",
+                server=self.server,
+                address=self._address,
+                previous=self._moved,
+            )
+            return
         if self._restarted:
             log.info("redis {server}: the server had restarted (new run_id)", server=self.server)
             return

@@ -18,7 +18,7 @@ from twisted.internet.ssl import optionsForClientTLS
 
 from ssebridge.address import RedisServer
 
-__all__ = ["NotMaster", "close_endpoint", "endpoint_for", "handshake"]
+__all__ = ["NotMaster", "close_endpoint", "endpoint_for", "handshake", "peer_of", "switched_away"]
 
 
 class NotMaster(Exception):
@@ -48,6 +48,20 @@ def close_endpoint(endpoint: IStreamClientEndpoint) -> Deferred[None]:
     endpoint's watcher of ``+switch-master``); the owner calls it when it stops connecting."""
     close = getattr(endpoint, "close", None)
     return cast(Deferred[None], close()) if close is not None else succeed(None)
+
+
+def switched_away(endpoint: IStreamClientEndpoint, protocol: Any) -> tuple[str, int] | None:
+    """The new master's address when ``endpoint`` (a Sentinel endpoint) closed ``protocol``'s connection
+    because the sentinels announced a switch; ``None`` for any other close and any other endpoint."""
+    probe = getattr(endpoint, "switched_away", None)
+    return cast("tuple[str, int] | None", probe(protocol)) if probe is not None else None
+
+
+def peer_of(protocol: Any) -> str:
+    """``host:port`` (or the socket path) of the server ``protocol`` is connected to."""
+    peer = protocol.transport.getPeer()
+    host, port = getattr(peer, "host", None), getattr(peer, "port", None)
+    return f"{host}:{port}" if host is not None else str(getattr(peer, "name", peer))
 
 
 async def handshake(

@@ -23,7 +23,7 @@ from twisted.python.failure import Failure
 from ssebridge.address import RedisServer
 from ssebridge.interfaces import History, HistoryUnavailable, Replay
 from ssebridge.publish.envelope import EventId, history_key
-from ssebridge.redis.handshake import close_endpoint, endpoint_for, handshake
+from ssebridge.redis.handshake import close_endpoint, endpoint_for, handshake, switched_away
 from ssebridge.redis.streams import READ_SCRIPT, READ_SHA, read_arguments, replay_from
 
 __all__ = ["DEFAULT_TIMEOUT", "HistoryUnavailable", "RedisHistory"]
@@ -320,10 +320,15 @@ class RedisHistory:
         if self._protocol is protocol:
             self._protocol = None
             if not self._stopped:
+                switched = switched_away(self._endpoint, protocol)
                 log.warn(
                     "redis {server}: history connection lost ({why}); reconnecting",
                     server=self.server.describe(),
-                    why=why.getErrorMessage() if hasattr(why, "getErrorMessage") else why,
+                    why=f"the sentinels announced a new master at {switched[0]}:{switched[1]}"
+                    if switched is not None
+                    else why.getErrorMessage()
+                    if hasattr(why, "getErrorMessage")
+                    else why,
                 )
 
     def handshake_failed(self, error: Exception) -> None:

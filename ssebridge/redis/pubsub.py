@@ -11,6 +11,8 @@ reach the sink as ``deliver_patterns`` (pattern -> ``(channel, data)`` pairs).
 
 After a connection the server closed, the next one asks the server why (``ssebridge.redis.closes``):
 a server that did not restart and closed a subscriber most likely hit its pub/sub output buffer limit.
+A connection closed because the sentinels announced a new master is logged as that, and is no
+server's close.
 
 Implements ``ssebridge.interfaces.Transport``; reports only through a ``TransportSink``.
 """
@@ -30,7 +32,7 @@ from twisted.python.failure import Failure
 from ssebridge.address import RedisServer
 from ssebridge.interfaces import Transport, TransportSink
 from ssebridge.redis.closes import CloseDiagnosis, pubsub_limit
-from ssebridge.redis.handshake import close_endpoint, endpoint_for, handshake
+from ssebridge.redis.handshake import close_endpoint, endpoint_for, handshake, peer_of, switched_away
 from ssebridge.redis.replies import ReplyLoop
 from ssebridge.redis.retries import SubscribeRetries, Subscriptions
 
@@ -155,6 +157,8 @@ class RedisTransport:
         # Why the last connection ended, for the next one to explain.
         self._dropping = False
         self._closes = CloseDiagnosis(server.describe())
+        # The address of the server the current connection is to, for the diagnosis.
+        self._peer: str | None = None
         factory = _Factory(
             None,
             server.db,
@@ -228,6 +232,7 @@ class RedisTransport:
 
     def connection_ready(self, protocol: _SubscriberProtocol) -> None:
         self.protocol = protocol
+        self._peer = peer_of(protocol)
         loop = protocol.loop = self._loop = ReplyLoop(self)
         self._last_handshake_error = ""
         # Up once Redis answers on this connection: the PING asks it to at once.
@@ -280,20 +285,33 @@ class RedisTransport:
         self.ping_refused = None
         self._stop_health()
         self._cancel_retries()
-        # Not our health check, not a stop: the server (or the network) closed it.
-        by_server = self._closes.closed_by_server = not (self._dropping or self._stopped)
+        switched = switched_away(self._endpoint, protocol)
+        # Not our health check, not a stop, not a failover: the server (or the network) closed it.
+        by_server = self._closes.closed_by_server = not (self._dropping or self._stopped or switched)
         self._closes.clean = isinstance(why, Failure) and why.check(ConnectionDone) is not None
         self._dropping = False
         self.sink.connection_down()
-        if not self._stopped:
+        if self._stopped:
+            return
+        if switched is not None:
             log.warn(
-                "redis {server}: connection lost ({why}){cause}; reconnecting",
+                "redis {server}: connection to {old} dropped: the sentinels announced a new master at "
+                "{master}; reconnecting there (the subscriptions follow, and each channel catches up "
+                "from history)",
                 server=self.server.describe(),
-                why=why.getErrorMessage() if hasattr(why, "getErrorMessage") else why,
-                cause=", closed by the server or the network (the next connection asks the server why)"
-                if by_server
-                else "",
+                old=self._peer,
+                master=f"{switched[0]}:{switched[1]}",
+                cause="sentinel-switch",
             )
+            return
+        log.warn(
+            "redis {server}: connection lost ({why}){cause}; reconnecting",
+            server=self.server.describe(),
+            why=why.getErrorMessage() if hasattr(why, "getErrorMessage") else why,
+            cause=", closed by the server or the network (the next connection asks the server why)"
+            if by_server
+            else "",
+        )
 
     def _stop_health(self) -> None:
         if self._health is not None and self._health.running:
@@ -340,7 +358,7 @@ class RedisTransport:
                 log.info("redis {server}: PING answered again", server=self.server.describe())
                 self.ping_refused = None
         elif command == b"INFO":
-            self._closes.info(reply)
+            self._closes.info(reply, self._peer)
         elif command == b"CONFIG":
             self._closes.explain(pubsub_limit(reply))
 
@@ -358,7 +376,7 @@ class RedisTransport:
                 )
             self.ping_refused = error
         elif command == b"INFO":
-            self._closes.info(None)
+            self._closes.info(None, self._peer)
         elif command == b"CONFIG":
             self._closes.explain(None)
         else:

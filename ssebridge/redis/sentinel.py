@@ -14,6 +14,9 @@ refuse writes, so a connection to a non-master is dropped and the sentinels aske
 factory's backoff). A watcher subscribes to ``+switch-master`` on one sentinel at a time: when the
 master moves, connections to the old address are closed at once instead of waiting for Redis or the
 health check to drop them, and a connect attempt waiting on a dead master's address retries at once.
+The watcher PINGs its sentinel and moves on to the next one after ``WATCH_HEALTH_TIMEOUT`` seconds of
+silence (a frozen sentinel keeps its socket open and says nothing); on each (re)connect it also asks
+that sentinel where the master is, since a switch announced while it was away is not announced again.
 
 Errors (no sentinel reachable, a master name the sentinels do not know, sentinels refusing AUTH) are
 logged once per kind in a row; the factory retries with its bounded, jittered backoff, and readiness
@@ -23,6 +26,7 @@ says not ready meanwhile (the transport is not connected).
 from __future__ import annotations
 
 import random
+import weakref
 from typing import Any
 
 import hiredis
@@ -33,6 +37,7 @@ from twisted.internet.endpoints import HostnameEndpoint
 from twisted.internet.error import ConnectError
 from twisted.internet.interfaces import IProtocol, IProtocolFactory, IReactorTime, IStreamClientEndpoint
 from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -43,6 +48,8 @@ from ssebridge.redis.resp import Arg, encode_command
 __all__ = [
     "DISCOVERY_TIMEOUT",
     "SWITCH_WAIT",
+    "WATCH_HEALTH_INTERVAL",
+    "WATCH_HEALTH_TIMEOUT",
     "SentinelEndpoint",
     "SentinelError",
     "UnknownMaster",
@@ -63,6 +70,9 @@ SWITCH_WAIT = 2.0
 # The watcher's reconnects to the sentinels: 0.5 s doubling to 5 s, jittered.
 _WATCH_INITIAL = 0.5
 _WATCH_MAX = 5.0
+#: Seconds between the watcher's PINGs, and of its sentinel's silence after which it moves on.
+WATCH_HEALTH_INTERVAL = 1.0
+WATCH_HEALTH_TIMEOUT = 3.0
 
 Address = tuple[str, int]
 
@@ -221,6 +231,11 @@ class SentinelEndpoint:
         self._switched_to: Address | None = None
         self._watch = watch
         self._watcher: ClientService | None = None
+        #: The sentinel the watcher is connected to, if any.
+        self.watching: Address | None = None
+        # Connections closed because the sentinels announced a new master, by transport (what
+        # ``connect()`` returns is a ClientService proxy of the protocol; both share the transport).
+        self._moved_away: weakref.WeakKeyDictionary[Any, Address] = weakref.WeakKeyDictionary()
         self._closed = False
 
     # IStreamClientEndpoint
@@ -317,12 +332,20 @@ class SentinelEndpoint:
         if not waiter.called:
             waiter.callback(None)
 
-    def master_moved(self, address: Address) -> None:
-        """A sentinel announced that the master is now at ``address``: close connections elsewhere
+    def switched_away(self, protocol: Any) -> Address | None:
+        """The new master's address if this endpoint closed ``protocol``'s connection because the
+        sentinels announced a switch (its owner's log then says so, not "closed by the server")."""
+        transport = getattr(protocol, "transport", None)
+        return self._moved_away.get(transport) if transport is not None else None
+
+    def master_moved(self, address: Address, missed: bool = False) -> None:
+        """A sentinel announced that the master is now at ``address`` (``missed``: the watcher found it
+        there on reconnecting, the announcement came while it was away): close connections elsewhere
         (their reconnect asks the sentinels again) and wake the attempts waiting for it."""
         log.warn(
-            "redis {server}: master {name} switched to {master}; reconnecting",
+            "redis {server}: the sentinels {how} master {name} at {master}; reconnecting there",
             server=self.name,
+            how="name" if missed else "announced (+switch-master) a new",
             name=self.server.master,
             master=_host_port(address),
         )
@@ -331,6 +354,7 @@ class SentinelEndpoint:
         stale = [p for a, p in self._connections if a != address and _alive(p)]
         self._connections = [(a, p) for a, p in self._connections if a == address and _alive(p)]
         for protocol in stale:
+            self._moved_away[protocol.transport] = address
             protocol.transport.abortConnection()
         waiters, self._switch_waiters = self._switch_waiters, []
         for waiter in waiters:
@@ -389,38 +413,102 @@ class _RotatingEndpoint:
         self.reactor = reactor
         self.nodes = nodes
         self._next = 0
+        self._last: Address | None = None
 
     def connect(self, protocolFactory: IProtocolFactory) -> Deferred[IProtocol]:
-        host, port = self.nodes[self._next % len(self.nodes)]
+        # Never the sentinel just left, when there is another: the discovery reorders ``nodes``, which
+        # could otherwise bring the rotation back to a frozen one.
+        candidates = [n for n in self.nodes if n != self._last] or self.nodes
+        host, port = self._last = candidates[self._next % len(candidates)]
         self._next += 1
         endpoint = HostnameEndpoint(self.reactor, host, port, timeout=CONNECT_TIMEOUT)
         return endpoint.connect(protocolFactory)
 
 
 class _SwitchWatcher(Protocol):
-    """A subscriber to ``+switch-master`` on one sentinel, reporting moves of one master."""
+    """A subscriber to ``+switch-master`` on one sentinel, reporting moves of one master.
+
+    On connecting it also asks where the master is (``SENTINEL MASTER``, before ``SUBSCRIBE``: a
+    subscribed connection runs nothing else), and it PINGs: a sentinel silent for
+    ``WATCH_HEALTH_TIMEOUT`` seconds is left for the next one."""
 
     def __init__(self, endpoint: SentinelEndpoint) -> None:
         self.endpoint = endpoint
         self._reader = hiredis.Reader()
+        # What the replies before the subscription answer, in order.
+        self._expected: list[str] = []
+        self._last_seen = 0.0
+        self._health: LoopingCall | None = None
+        self._peer: Address | None = None
 
     def connectionMade(self) -> None:
         assert self.transport is not None
         server = self.endpoint.server
         commands = _auth(server.sentinel_username, server.sentinel_password)
+        self._expected = ["AUTH"] * len(commands) + ["SENTINEL", "SUBSCRIBE"]
+        commands.append(("SENTINEL", "MASTER", server.master))
         commands.append(("SUBSCRIBE", "+switch-master"))
         self.transport.write(b"".join(encode_command(*c) for c in commands))
+        peer = self.transport.getPeer()
+        self._peer = self.endpoint.watching = (getattr(peer, "host", "?"), getattr(peer, "port", 0))
+        reactor = self.endpoint.reactor
+        self._last_seen = reactor.seconds()
+        self._health = LoopingCall(self._check_health)
+        self._health.clock = reactor
+        self._health.start(WATCH_HEALTH_INTERVAL, now=False)
+
+    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
+        if self._health is not None and self._health.running:
+            self._health.stop()
+        self._health = None
+        if self.endpoint.watching == self._peer:
+            self.endpoint.watching = None
+
+    def _check_health(self) -> None:
+        assert self.transport is not None
+        silent = self.endpoint.reactor.seconds() - self._last_seen
+        if silent > WATCH_HEALTH_TIMEOUT:
+            log.warn(
+                "redis {server}: sentinel {sentinel} silent for {silent:.1f}s; watching for +switch-master "
+                "through another sentinel",
+                server=self.endpoint.name,
+                sentinel=_host_port(self.endpoint.watching or ("?", 0)),
+                silent=silent,
+            )
+            self.transport.abortConnection()  # type: ignore[attr-defined]
+        elif silent >= WATCH_HEALTH_INTERVAL * 0.5:
+            # In subscribe mode PING is answered with a ["pong", ""] message: any reply proves life.
+            self.transport.write(encode_command("PING"))
 
     def dataReceived(self, data: bytes) -> None:
         self._reader.feed(data)
+        self._last_seen = self.endpoint.reactor.seconds()
         while (reply := self._reader.gets()) is not False:
+            expected = self._expected.pop(0) if self._expected else None
             if isinstance(reply, Exception):
-                # AUTH refused: the discovery logs the same error; this connection is useless.
+                # AUTH refused (the discovery logs the same error) or the sentinel does not know the
+                # master: this connection is useless.
                 assert self.transport is not None
                 self.transport.loseConnection()
                 return
-            if isinstance(reply, list) and len(reply) == 3 and reply[0] == b"message":
+            if expected == "SENTINEL":
+                self._named(reply)
+            elif isinstance(reply, list) and len(reply) == 3 and reply[0] == b"message":
                 self._switch(reply[2])
+
+    def _named(self, reply: Any) -> None:
+        """This sentinel's answer on (re)connecting: a master elsewhere than the connections' means a
+        switch announced while the watcher was away (its sentinel frozen, say)."""
+        if not isinstance(reply, list):
+            return
+        fields = {_text(reply[i]): _text(reply[i + 1]) for i in range(0, len(reply) - 1, 2)}
+        host, port = fields.get("ip", ""), fields.get("port", "")
+        flags = set(fields.get("flags", "").split(","))
+        current = self.endpoint.master
+        if not host or not port.isdigit() or flags & {"s_down", "o_down"} or current is None:
+            return
+        if (host, int(port)) != current:
+            self.endpoint.master_moved((host, int(port)), missed=True)
 
     def _switch(self, payload: bytes) -> None:
         # "<name> <old ip> <old port> <new ip> <new port>"

@@ -69,6 +69,21 @@ async def bridges(tmp_path: Path) -> AsyncIterator[Bridges]:
         await service.stopService()
 
 
+@pytest.fixture
+def logs() -> Iterator[list[str]]:
+    """Every log line while the test runs, formatted."""
+    lines: list[str] = []
+
+    def observe(event: dict[str, Any]) -> None:
+        lines.append(formatEvent(event))
+
+    globalLogPublisher.addObserver(observe)
+    try:
+        yield lines
+    finally:
+        globalLogPublisher.removeObserver(observe)
+
+
 def transports(service: BridgeService) -> list[Any]:
     return [g.transport for g in service.hub.groups.values()]
 
@@ -147,7 +162,7 @@ class Flow:
 
 @pytest_twisted.ensureDeferred
 async def test_master_killed_while_messages_flow_streams_stay_and_lose_nothing_the_new_master_has(
-    deployment: SentinelDeployment, bridges: Bridges
+    deployment: SentinelDeployment, bridges: Bridges, logs: list[str]
 ) -> None:
     address = deployment.address()
     service, port = await bridges.start(address)
@@ -205,6 +220,10 @@ async def test_master_killed_while_messages_flow_streams_stay_and_lose_nothing_t
     assert set(lost) <= set(flow.acked) - kept
     for client in clients:
         await client.disconnect()
+    # The next connection is to another server: a failover, not a restart nor a buffer limit.
+    new = f"127.0.0.1:{new_master.port}"
+    assert any(f"another server ({new}" in line for line in logs), logs
+    assert not any("had restarted" in line or "client-output-buffer-limit" in line for line in logs)
 
 
 @pytest_twisted.ensureDeferred
@@ -258,7 +277,7 @@ async def test_sentinels_down_at_start_the_bridge_waits_not_ready_then_streams(b
 
 @pytest_twisted.ensureDeferred
 async def test_a_manual_failover_demotes_a_live_master_and_the_bridge_follows(
-    deployment: SentinelDeployment, bridges: Bridges
+    deployment: SentinelDeployment, bridges: Bridges, logs: list[str]
 ) -> None:
     """``SENTINEL FAILOVER``: the old master stays up and becomes a replica; the bridge must leave it
     (``+switch-master``, ``ROLE``) for the new master, where publishes now go."""
@@ -292,3 +311,10 @@ async def test_a_manual_failover_demotes_a_live_master_and_the_bridge_follows(
     assert [(e.data, e.id) for e in events] == [("before", first), ("after", later)]
     assert not client.closed.called
     await client.disconnect()
+    # The logs say why the connection to the old master ended, and blame neither it nor a restart.
+    switched = (
+        f"connection to 127.0.0.1:{old} dropped: the sentinels announced a new master at 127.0.0.1:{new}"
+    )
+    assert any(switched in line for line in logs), "\n".join(ln for ln in logs if "redis" in ln)
+    for misleading in ("closed by the server or the network", "had restarted", "client-output-buffer-limit"):
+        assert not any(misleading in line for line in logs), misleading

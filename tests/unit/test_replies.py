@@ -215,3 +215,22 @@ def test_a_clean_close_by_a_server_that_did_not_restart_is_blamed_on_its_output_
     assert explanations(restart=False, clean=False) == []
     (unreadable,) = explanations(restart=False, clean=True, limit=None)
     assert "CONFIG GET refused" in unreadable
+
+
+def test_a_new_connection_to_another_server_is_a_failover_not_a_restart_nor_a_buffer_limit() -> None:
+    diagnosis = CloseDiagnosis("r:1")
+    diagnosis.info(b"run_id:a\r\n", "127.0.0.1:7001")
+    diagnosis.closed_by_server, diagnosis.clean = True, True
+    diagnosis.info(b"run_id:b\r\n", "127.0.0.1:7002")
+    with capturedLogs() as events:
+        diagnosis.explain("pubsub hard 1 bytes")
+    (line,) = [formatEvent(e) for e in events]
+    assert "another server (127.0.0.1:7002" in line and "127.0.0.1:7001" in line and "failover" in line
+    assert "restarted" not in line and "client-output-buffer-limit" not in line
+    # Back on the same address: a run_id change there is a restart again.
+    diagnosis.info(b"run_id:b\r\n", "127.0.0.1:7002")
+    diagnosis.closed_by_server, diagnosis.clean = True, True
+    diagnosis.info(b"run_id:c\r\n", "127.0.0.1:7002")
+    with capturedLogs() as events:
+        diagnosis.explain(None)
+    assert [formatEvent(e) for e in events] == ["redis r:1: the server had restarted (new run_id)"]
