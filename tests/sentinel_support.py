@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import secrets
 import shutil
+import signal
 import subprocess
 import tempfile
 import time
@@ -82,8 +83,18 @@ class SentinelProcess:
         reply = self.command("SENTINEL", "MASTER", self.name)
         return {reply[i].decode(): reply[i + 1].decode() for i in range(0, len(reply), 2)}
 
+    def freeze(self) -> None:
+        """SIGSTOP: its sockets stay open and silent, as on a hung host."""
+        assert self.process is not None
+        self.process.send_signal(signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGCONT)
+
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGCONT)
             self.process.terminate()
             try:
                 self.process.wait(10)

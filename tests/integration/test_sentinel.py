@@ -318,3 +318,57 @@ async def test_a_manual_failover_demotes_a_live_master_and_the_bridge_follows(
     assert any(switched in line for line in logs), "\n".join(ln for ln in logs if "redis" in ln)
     for misleading in ("closed by the server or the network", "had restarted", "client-output-buffer-limit"):
         assert not any(misleading in line for line in logs), misleading
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_frozen_sentinel_under_the_watcher_is_left_and_a_failover_through_another_is_followed(
+    deployment: SentinelDeployment, bridges: Bridges, logs: list[str]
+) -> None:
+    """The sentinel the ``+switch-master`` watcher listens to is SIGSTOPped, then a live one fails over:
+    the watcher's PINGs go unanswered, it moves to another sentinel, learns of the switch there, and the
+    bridge follows within a few seconds, not when the demoted master finally drops its clients."""
+    address = deployment.address()
+    service, port = await bridges.start(address)
+    [client] = await streams(port, "/events/z", 1)
+    await until(lambda: live(service, b"z", 1), what="stream live")
+    [transport] = transports(service)
+    endpoint = transport._endpoint
+    await until(lambda: endpoint.watching is not None, what="watcher connected")
+    frozen = next(s for s in deployment.sentinels if s.address == endpoint.watching)
+    others = [s for s in deployment.sentinels if s is not frozen]
+    # The publishers ask only the live sentinels: redis-py would wait on the frozen one without a deadline.
+    live_address = "sentinel://" + ",".join(f"127.0.0.1:{s.port}" for s in others) + "/mymaster"
+    first = publisher_for(live_address).publish("z", "before")
+    await client.wait_events(1)
+    assert deployment.replica is not None
+    replica = deployment.replica
+    await until(lambda: replica.command("XLEN", history_key(b"z")) == 1, what="replicated")
+    old = deployment.master.port
+    frozen.freeze()
+    try:
+        others[0].command("SENTINEL", "FAILOVER", "mymaster")
+
+        def master_port() -> int:
+            return int(others[0].command("SENTINEL", "get-master-addr-by-name", "mymaster")[1])
+
+        await until(lambda: master_port() != old, timeout=15, what="sentinels switched")
+        switched = time.monotonic()
+        new = master_port()
+        await until(
+            lambda: transport.connected and endpoint.master == ("127.0.0.1", new),
+            timeout=8,
+            what="bridge on the new master",
+        )
+        followed = time.monotonic() - switched
+        print(f"\nfrozen watcher sentinel: bridge on the new master {followed:.2f}s after the switch")
+        # Through the watcher (on another sentinel now), not through the demoted master's CLIENT KILL.
+        assert endpoint.switches >= 1
+        assert endpoint.watching is not None and endpoint.watching != frozen.address
+        assert any(f"sentinel 127.0.0.1:{frozen.port} silent for" in line for line in logs)
+        later = await threads.deferToThread(lambda: publisher_for(live_address).publish("z", "after"))
+        events = await client.wait_events(2)
+        assert [(e.data, e.id) for e in events] == [("before", first), ("after", later)]
+        assert not client.closed.called
+        await client.disconnect()
+    finally:
+        frozen.thaw()
