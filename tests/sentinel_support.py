@@ -15,8 +15,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
-from ssebridge.testing import RedisProcess, RespError, free_port, redis_command
+from ssebridge.testing import RedisProcess, RespError, free_port, redis_pipeline
 
 MASTER_NAME = "mymaster"
 
@@ -35,6 +36,9 @@ class SentinelProcess:
     name: str = MASTER_NAME
     down_after: int = 1000
     failover_timeout: int = 3000
+    #: The sentinel's own ``requirepass`` (also what it gives the other sentinels), and the master's.
+    password: str | None = None
+    master_password: str | None = None
     directory: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="ssebridge-sentinel-")))
     process: subprocess.Popen[bytes] | None = None
 
@@ -55,6 +59,12 @@ class SentinelProcess:
             f"sentinel failover-timeout {self.name} {self.failover_timeout}\n"
             f"sentinel parallel-syncs {self.name} 1\n"
             f"sentinel myid {self.myid}\n"
+            + (
+                f"requirepass {self.password}\nsentinel sentinel-pass {self.password}\n"
+                if self.password
+                else ""
+            )
+            + (f"sentinel auth-pass {self.name} {self.master_password}\n" if self.master_password else "")
             + "".join(f"sentinel known-replica {self.name} 127.0.0.1 {p}\n" for p in self.known_replicas)
             + "".join(
                 f"sentinel known-sentinel {self.name} 127.0.0.1 {p} {i}\n" for p, i in self.known_sentinels
@@ -68,7 +78,7 @@ class SentinelProcess:
         deadline = time.monotonic() + timeout
         while True:
             try:
-                if redis_command(self.address, "PING", timeout=1.0) == b"PONG":
+                if authed(self.address, self.password, ("PING",), timeout=1.0) == b"PONG":
                     return self
             except (OSError, ConnectionError, RespError):
                 pass
@@ -77,7 +87,7 @@ class SentinelProcess:
             time.sleep(0.02)
 
     def command(self, *args: bytes | str | int) -> Any:
-        return redis_command(self.address, *args)
+        return authed(self.address, self.password, args)
 
     def master_state(self) -> dict[str, str]:
         reply = self.command("SENTINEL", "MASTER", self.name)
@@ -114,6 +124,9 @@ class SentinelDeployment:
     down_after: int = 1000
     failover_timeout: int = 3000
     sentinel_ports: tuple[int, ...] = ()
+    #: The master's and the replica's ``requirepass``, and the sentinels' own.
+    password: str | None = None
+    sentinel_password: str | None = None
     # No 5 s wait before a diskless full sync (the default): the replica is in sync at once.
     master: RedisProcess = field(
         default_factory=lambda: RedisProcess(extra_args=("--repl-diskless-sync-delay", "0"))
@@ -123,14 +136,32 @@ class SentinelDeployment:
 
     def address(self, name: str = MASTER_NAME) -> str:
         hosts = ",".join(f"127.0.0.1:{s.port}" for s in self.sentinels)
-        return f"sentinel://{hosts}/{name}"
+        credentials = f":{quote(self.password, safe='')}@" if self.password else ""
+        query = (
+            f"?sentinel_password={quote(self.sentinel_password, safe='')}" if self.sentinel_password else ""
+        )
+        return f"sentinel://{credentials}{hosts}/{name}{query}"
+
+    def data_command(self, process: RedisProcess, *args: bytes | str | int) -> Any:
+        """A command to the master or the replica, with its password if it has one."""
+        return authed(process.address, self.password, args)
 
     def start_data(self) -> SentinelDeployment:
         """The master and the replica, once the replica is in sync."""
         self.master.start()
+        auth = ("--masterauth", self.password) if self.password else ()
         self.replica = RedisProcess(
-            extra_args=("--replicaof", "127.0.0.1", str(self.master.port), "--repl-diskless-sync-delay", "0")
+            extra_args=(
+                *("--replicaof", "127.0.0.1", str(self.master.port), "--repl-diskless-sync-delay", "0"),
+                *auth,
+            )
         ).start()
+        if self.password:
+            # Set once started: RedisProcess.start() waits for an unauthenticated PING. The replica keeps
+            # its masterauth, and needs it when the old master comes back as its replica.
+            for process in (self.master, self.replica):
+                redis_pipeline(process.address, [("CONFIG", "SET", "requirepass", self.password)])
+                authed(process.address, self.password, ("CONFIG", "SET", "masterauth", self.password))
         _wait(lambda: b"master_link_status:up" in self.replica_info(), "replica in sync")
         return self
 
@@ -148,6 +179,8 @@ class SentinelDeployment:
                 known_sentinels=tuple((p, i) for p, i in zip(ports, ids, strict=True) if p != port),
                 down_after=self.down_after,
                 failover_timeout=self.failover_timeout,
+                password=self.sentinel_password,
+                master_password=self.password,
             ).start()
             for port, myid in zip(ports, ids, strict=True)
         ]
@@ -164,7 +197,7 @@ class SentinelDeployment:
 
     def replica_info(self) -> bytes:
         assert self.replica is not None
-        info: bytes = self.replica.command("INFO", "replication")
+        info: bytes = self.data_command(self.replica, "INFO", "replication")
         return info
 
     def master_address(self) -> tuple[str, int]:
@@ -183,6 +216,16 @@ class SentinelDeployment:
         if self.replica is not None:
             self.replica.cleanup()
         self.master.cleanup()
+
+
+def authed(
+    address: tuple[str, int], password: str | None, args: tuple[bytes | str | int, ...], timeout: float = 5.0
+) -> Any:
+    """One command on a fresh connection, after AUTH when there is a password."""
+    if password is None:
+        return redis_pipeline(address, [args], timeout=timeout)[0]
+    auth: tuple[bytes | str | int, ...] = ("AUTH", password)
+    return redis_pipeline(address, [auth, args], timeout=timeout)[1]
 
 
 def _wait(predicate: Any, what: str, timeout: float = 15.0) -> None:

@@ -372,3 +372,39 @@ async def test_a_frozen_sentinel_under_the_watcher_is_left_and_a_failover_throug
         await client.disconnect()
     finally:
         frozen.thaw()
+
+
+@pytest_twisted.ensureDeferred
+async def test_sentinels_and_master_with_passwords_of_their_own(bridges: Bridges, logs: list[str]) -> None:
+    """Sentinels with ``requirepass`` (``sentinel_password=`` in the address) in front of a master with
+    another password (the address's ``:password@``): the bridge streams, both publishers publish; a
+    wrong sentinel password is one clear error and a bridge that is not ready."""
+    d = SentinelDeployment(password="master-secret", sentinel_password="sentinel-secret")
+    try:
+        await threads.deferToThread(d.start)
+        address = d.address()
+        assert "sentinel_password=sentinel-secret" in address and ":master-secret@" in address
+        service, port = await bridges.start(address)
+        [client] = await streams(port, "/events/p", 1)
+        await until(lambda: live(service, b"p", 1), what="stream live")
+        assert service.hub.not_ready() is None
+        first = await threads.deferToThread(lambda: publisher_for(address).publish("p", "sync"))
+        twisted = twisted_publisher_for(address)
+        try:
+            second = await twisted.publish("p", "twisted").addTimeout(5, reactor)
+        finally:
+            await twisted.close()
+        events = await client.wait_events(2)
+        assert [(e.data, e.id) for e in events] == [("sync", first), ("twisted", second)]
+        await client.disconnect()
+        # The passwords never reach a log line.
+        assert not any("secret" in line for line in logs)
+
+        wrong = address.replace("sentinel-secret", "wrong")
+        refused, _ = await bridges.start(wrong)
+        await sleep(1.5)
+        assert refused.hub.not_ready() is not None
+        auth_errors = [line for line in logs if "AUTH refused" in line]
+        assert auth_errors and len(auth_errors) <= 2, auth_errors  # the transport's, maybe the history's
+    finally:
+        d.cleanup()
