@@ -25,6 +25,8 @@ Sharded pub/sub has no patterns: ``psubscribe`` is refused (``psubscribe_failed`
 ``ClusterHistory`` sends each read to its slot's master (one read is one channel's stream: one slot),
 follows ``-MOVED`` (and waits out ``-ASK``, ``-TRYAGAIN``, ``-CLUSTERDOWN`` and ``-LOADING`` with a short
 backoff) within its deadline. The transport and the history of one address share one ``Topology``.
+The Twisted publisher's commands follow the same map and redirections with a ``Topology`` of their own
+(``ssebridge.redis.cluster_commands``).
 """
 
 from __future__ import annotations
@@ -509,6 +511,12 @@ class _NodeSink:
         self.cluster.sink.connection_up()
 
     def connection_down(self) -> None:
+        # Counted as a lone server's lost connection is (``redis_disconnects``, next to each node's
+        # connect in ``redis_connects``), but not reported as one: the hub's ``connection_down`` would
+        # void every channel of the cluster, where only this node's are.
+        stats = getattr(self.cluster.sink, "stats", None)
+        if stats is not None:
+            stats.redis_disconnects += 1
         self.cluster.node_down(self.node)
 
     def subscriptions_lost(self, names: Iterable[bytes]) -> None:

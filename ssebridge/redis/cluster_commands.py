@@ -97,6 +97,8 @@ class ClusterCommands:
         self.topology = Topology(server, reactor)
         self.topology.listeners.append(self._prune)
         self.nodes: dict[Addr, Any] = {}
+        #: Commands in flight per node: a node is not closed under them (their answer is -MOVED).
+        self._busy: dict[Addr, int] = {}
         self._closed = False
         self._refreshing = False
 
@@ -221,6 +223,7 @@ class ClusterCommands:
                 protocol.transport.abortConnection()
 
         timer = self.reactor.callLater(max(0.0, remaining), give_up)
+        self._busy[addr] = self._busy.get(addr, 0) + 1
         try:
             return await call(protocol)
         except txredisapi.ResponseError as e:
@@ -234,6 +237,9 @@ class ClusterCommands:
         finally:
             if timer.active():
                 timer.cancel()
+            left = self._busy.pop(addr) - 1
+            if left:
+                self._busy[addr] = left
 
     async def _asking(self, addr: Addr, raw: tuple[Any, ...], remaining: float) -> Any:
         commands: list[tuple[Any, ...]] = []
@@ -297,7 +303,7 @@ class ClusterCommands:
         # A node no longer a master (demoted, removed, dead and replaced) gets no more commands: close
         # its connection rather than reconnect to it forever.
         masters = slots.masters
-        for addr in [a for a in self.nodes if a not in masters]:
+        for addr in [a for a in self.nodes if a not in masters and a not in self._busy]:
             _disconnect(self.nodes.pop(addr))
 
 

@@ -38,7 +38,8 @@ class TwistedPublisher:
     """``Publisher`` for code running in a reactor, given a connected txredisapi client.
 
     ``redis`` is what ``txredisapi.Connection()`` / ``lazyConnection()`` returns (any client with
-    ``eval`` and ``execute_command``). The options mean what they mean for ``Publisher``.
+    ``eval`` and ``execute_command``; on a cluster a ``ClusterCommands``, with ``sharded=True``). The
+    options mean what they mean for ``Publisher``.
     """
 
     def __init__(

@@ -202,16 +202,23 @@ async def hasty(cluster: Cluster) -> AsyncIterator[TwistedPublisher]:
 
 @pytest_twisted.ensureDeferred
 async def test_a_master_down_the_publisher_fails_in_time_then_publishes_again(
-    cluster: Cluster, hasty: TwistedPublisher
+    cluster: Cluster, hasty: TwistedPublisher, bridge: tuple[BridgeService, int]
 ) -> None:
     publisher = hasty
+    service, port = bridge
     masters = cluster.current_masters()
     victim, other = masters[0], masters[1]
     on_victim, on_other = cluster.channel_on(victim, "down"), cluster.channel_on(other, "up")
+    clients = [await stream(port, on_victim), await stream(port, on_other)]
+    await until(lambda: service.hub.not_ready() is None, what="subscribed")
     await publisher.publish(on_victim, "x").addTimeout(5, reactor)
     await publisher.publish(on_other, "x").addTimeout(5, reactor)
+    connects, disconnects = service.stats.redis_connects, service.stats.redis_disconnects
+    assert connects >= 2, "each master's subscriber connection is counted"
     victim.kill()
     try:
+        # The bridge counts the node's lost connection as it counted its connect.
+        await until(lambda: service.stats.redis_disconnects == disconnects + 1, what="counted")
         # No replica: the shard is gone, and once the others count it failed they refuse writes too.
         await until(lambda: b"cluster_state:fail" in other.command("CLUSTER", "INFO"), what="fail")
         start = reactor.seconds()  # type: ignore[attr-defined]
@@ -229,3 +236,7 @@ async def test_a_master_down_the_publisher_fails_in_time_then_publishes_again(
     ids = [await publisher.publish(ch, "back").addTimeout(10, reactor) for ch in (on_victim, on_other)]
     assert entries(victim, on_victim)[-1] == (ids[0], b"back")
     assert entries(other, on_other)[-1] == (ids[1], b"back")
+    for client, event_id in zip(clients, ids, strict=True):
+        await until(lambda c=client, i=event_id: i in [e.id for e in c.events], what="received again")
+        await client.disconnect()
+    assert service.stats.redis_connects > connects, "the node's reconnect is counted"
