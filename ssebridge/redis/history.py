@@ -7,10 +7,16 @@ It has a command connection of its own: the subscriber connection can run nothin
 Reads of the same (channel, position, limit) that wait together share one read of the server; a read
 already sent is never shared with a later caller, whose replay must include what was published up to
 its call (``ssebridge.interfaces.History``).
+
+A server still loading its dataset (``-LOADING``: restarted, or a replica just promoted) refuses the
+read; the read waits and asks again (0.1 s doubling to 1 s, jittered, every read waiting on one timer)
+until its deadline, so a catch-up after a restart finds the history once it is loaded instead of
+telling clients of a gap. One log line says so per loading, not one per channel.
 """
 
 from __future__ import annotations
 
+import random
 from typing import Any, cast
 
 import txredisapi
@@ -32,6 +38,9 @@ log = Logger()
 
 #: Seconds a read may take, from the call (waiting for a connection included) to the answer.
 DEFAULT_TIMEOUT = 5.0
+#: Seconds between asking a server that answers ``-LOADING`` again: doubling, jittered, bounded.
+LOADING_RETRY_INITIAL = 0.1
+LOADING_RETRY_MAX = 1.0
 
 _Key = tuple[bytes, EventId | None, int]
 
@@ -119,6 +128,10 @@ class RedisHistory:
         self._flush_call: IDelayedCall | None = None
         self._last_handshake_error = ""
         self._stopped = False
+        # While the server answers -LOADING: the reads waiting to ask again, the timer, its delay.
+        self._loading_waiters: list[Deferred[None]] = []
+        self._loading_call: IDelayedCall | None = None
+        self._loading_delay = 0.0
 
     # History
 
@@ -151,6 +164,9 @@ class RedisHistory:
         if self._flush_call is not None and self._flush_call.active():
             self._flush_call.cancel()
         self._flush_call = None
+        if self._loading_call is not None and self._loading_call.active():
+            self._loading_call.cancel()
+        self._loading_call = None
         stopped = HistoryUnavailable(f"redis {self.server}: history reader stopped")
         batches, self._pending = list(self._pending.values()), {}
         for batch in batches:
@@ -239,11 +255,55 @@ class RedisHistory:
 
     async def _fetch(self, key: _Key) -> Replay:
         channel, position, limit = key
-        protocol = await self._connection()
         args = (1, history_key(channel), *read_arguments(position, limit))
+        while True:
+            protocol = await self._connection()
+            try:
+                reply = await self._read(protocol, args)
+            except txredisapi.ResponseError as e:
+                if not str(e).startswith("LOADING"):
+                    raise
+                # The read's deadline (``_send``) bounds the waiting: cancelled, it fails as a timeout.
+                await self._loaded(str(e))
+                continue
+            if self._loading_delay:
+                self._loading_delay = 0.0
+                log.info(
+                    "redis {server}: loaded; history reads answered again", server=self.server.describe()
+                )
+            return replay_from(position, limit, reply)
+
+    def _loaded(self, error: str) -> Deferred[None]:
+        """Fires when a read refused with ``-LOADING`` should ask again (one timer for every read)."""
+        if not self._loading_delay:
+            self._loading_delay = LOADING_RETRY_INITIAL
+            log.warn(
+                "redis {server}: loading its dataset ({error}); history reads wait for it, up to their "
+                "{timeout:g}s deadline",
+                server=self.server.describe(),
+                error=error,
+                timeout=self.timeout,
+                cause="loading",
+            )
+        if self._loading_call is None:
+            delay = self._loading_delay * random.uniform(0.5, 1.0)
+            self._loading_delay = min(LOADING_RETRY_MAX, self._loading_delay * 2)
+            self._loading_call = self.reactor.callLater(delay, self._retry_loading)
+        waiter: Deferred[None] = Deferred()
+        self._loading_waiters.append(waiter)
+        return waiter
+
+    def _retry_loading(self) -> None:
+        self._loading_call = None
+        waiters, self._loading_waiters = self._loading_waiters, []
+        for waiter in waiters:
+            if not waiter.called:  # a read whose deadline passed was cancelled
+                waiter.callback(None)
+
+    async def _read(self, protocol: _Protocol, args: tuple[Any, ...]) -> Any:
         try:
             try:
-                reply = await protocol.execute_command(b"EVALSHA", READ_SHA, *args)
+                return await protocol.execute_command(b"EVALSHA", READ_SHA, *args)
             except txredisapi.ResponseError as e:
                 if str(e).startswith("READONLY"):
                     # A demoted master (a missed failover): the reconnect asks the sentinels again.
@@ -251,11 +311,10 @@ class RedisHistory:
                 if not str(e).startswith("NOSCRIPT"):
                     raise
                 # Redis restarted or its scripts were flushed: EVAL caches the script again.
-                reply = await protocol.execute_command(b"EVAL", READ_SCRIPT, *args)
+                return await protocol.execute_command(b"EVAL", READ_SCRIPT, *args)
         except CancelledError:
             self._drop(protocol)
             raise
-        return replay_from(position, limit, reply)
 
     def _connection(self) -> Deferred[_Protocol]:
         if self._protocol is not None and self._protocol.connected:

@@ -355,7 +355,13 @@ class RedisTransport:
             self.patterns.answered(argument, None)
         elif command == b"PING":
             if self.ping_refused is not None:
-                log.info("redis {server}: PING answered again", server=self.server.describe())
+                log.info(
+                    "redis {server}: {what}",
+                    server=self.server.describe(),
+                    what="loaded its dataset; ready"
+                    if self.ping_refused.startswith("LOADING")
+                    else "PING answered again",
+                )
                 self.ping_refused = None
         elif command == b"INFO":
             self._closes.info(reply, self._peer)
@@ -368,7 +374,17 @@ class RedisTransport:
         elif command == b"PSUBSCRIBE":
             self.patterns.answered(argument, error)
         elif command == b"PING":
-            if self.ping_refused != error:
+            if self.ping_refused != error and error.startswith("LOADING"):
+                # A restart, or a replica just promoted: it answers once loaded, the health check asks.
+                log.warn(
+                    "redis {server}: loading its dataset ({error}); not ready until it has, asking every "
+                    "{interval:g}s; subscriptions stay, and each channel's catch-up waits for the history",
+                    server=self.server.describe(),
+                    error=error,
+                    interval=self.health_interval,
+                    cause="loading",
+                )
+            elif self.ping_refused != error:
                 log.error(
                     "redis {server}: PING refused ({error}); not ready while it is",
                     server=self.server.describe(),
