@@ -61,6 +61,13 @@ PyDoc_STRVAR(deliver_doc,
 "deliver(data, count, targets)\n--\n\n"
 "Send the shared frame `data` (holding `count` events) to every target; see ssebridge.fanout.");
 
+/* One direct send to make: the target's index in the call's tuple, its fd, which payload. */
+typedef struct {
+    Py_ssize_t index;
+    int fd;
+    int chunked;
+} Direct;
+
 static PyObject *
 deliver(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
@@ -81,67 +88,65 @@ deliver(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     PyObject *targets = PySequence_Tuple(args[2]);
     if (targets == NULL)
         return NULL;
+    Py_ssize_t n = PyTuple_GET_SIZE(targets);
     PyObject *size = PyLong_FromSsize_t(PyBytes_GET_SIZE(data));
-    if (size == NULL) {
-        Py_DECREF(targets);
-        return NULL;
-    }
+    Direct *direct = PyMem_Malloc(sizeof(Direct) * (size_t)(n ? n : 1));
+    /* Per target: -1 nothing more to do, -2 its own send(data, count), >= 0 send_short(payload, that). */
+    Py_ssize_t *rest = PyMem_Malloc(sizeof(Py_ssize_t) * (size_t)(n ? n : 1));
     PyObject *chunk = NULL; /* built once, at the first chunked target */
     PyObject *result = NULL;
-    Py_ssize_t n = PyTuple_GET_SIZE(targets);
+    Py_ssize_t ndirect = 0;
+    if (size == NULL || direct == NULL || rest == NULL) {
+        if (size != NULL)
+            PyErr_NoMemory();
+        goto done;
+    }
+    /* 1. Which targets take a direct send, and their fds; counted once here, however the bytes
+     *    leave (as Stream.send counts them). No Python code runs from here to the sends, so no
+     *    socket can be closed (and its fd reused) in between. */
     for (Py_ssize_t i = 0; i < n; i++) {
         PyObject *target = PyTuple_GET_ITEM(targets, i);
+        rest[i] = -2;
         PyObject *sock = PyObject_GetAttr(target, s_direct);
         if (sock == NULL) {
             /* Not a direct-capable subscriber (a test's, say): its own send. */
             if (!PyErr_ExceptionMatches(PyExc_AttributeError))
                 goto done;
             PyErr_Clear();
-            sock = Py_NewRef(Py_None);
+            continue;
         }
         if (sock == Py_None) {
             Py_DECREF(sock);
-            PyObject *call[3] = {target, data, count};
-            PyObject *r = PyObject_VectorcallMethod(s_send, call, 3 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
-            if (r == NULL)
-                goto done;
-            Py_DECREF(r);
             continue;
-        }
-        PyObject *flag = PyObject_GetAttr(target, s_chunked);
-        int chunked = flag == NULL ? -1 : PyObject_IsTrue(flag);
-        Py_XDECREF(flag);
-        if (chunked < 0) {
-            Py_DECREF(sock);
-            goto done;
-        }
-        PyObject *payload = data;
-        if (chunked) {
-            if (chunk == NULL) {
-                chunk = chunk_of(PyBytes_AS_STRING(data), PyBytes_GET_SIZE(data));
-                if (chunk == NULL) {
-                    Py_DECREF(sock);
-                    goto done;
-                }
-            }
-            payload = chunk;
-        }
-        /* Counted once here, however the bytes leave (as Stream.send counts them). */
-        if (add_to(target, s_frames, count) < 0 || add_to(target, s_bytes, size) < 0) {
-            Py_DECREF(sock);
-            goto done;
         }
         int fd = PyObject_AsFileDescriptor(sock); /* -1 for a closed socket: reported as gone */
         Py_DECREF(sock);
-        if (fd < 0) {
+        if (fd < 0)
             PyErr_Clear();
-            continue;
+        PyObject *flag = PyObject_GetAttr(target, s_chunked);
+        int chunked = flag == NULL ? -1 : PyObject_IsTrue(flag);
+        Py_XDECREF(flag);
+        if (chunked < 0)
+            goto done;
+        if (chunked && chunk == NULL) {
+            chunk = chunk_of(PyBytes_AS_STRING(data), PyBytes_GET_SIZE(data));
+            if (chunk == NULL)
+                goto done;
         }
+        if (add_to(target, s_frames, count) < 0 || add_to(target, s_bytes, size) < 0)
+            goto done;
+        rest[i] = -1;
+        if (fd >= 0)
+            direct[ndirect++] = (Direct){i, fd, chunked};
+    }
+    /* 2. The sends: a flat loop over fds, nothing else between them. */
+    for (Py_ssize_t k = 0; k < ndirect; k++) {
+        PyObject *payload = direct[k].chunked ? chunk : data;
         const char *buf = PyBytes_AS_STRING(payload);
         Py_ssize_t len = PyBytes_GET_SIZE(payload);
         ssize_t sent;
         do {
-            sent = send(fd, buf, (size_t)len, MSG_DONTWAIT | MSG_NOSIGNAL);
+            sent = send(direct[k].fd, buf, (size_t)len, MSG_DONTWAIT | MSG_NOSIGNAL);
         } while (sent < 0 && errno == EINTR);
         if (sent == len)
             continue;
@@ -150,20 +155,39 @@ deliver(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
                 continue; /* the peer is gone: the reactor reports it (connectionLost) next turn */
             sent = 0;
         }
-        PyObject *taken = PyLong_FromSsize_t(sent);
-        if (taken == NULL)
-            goto done;
-        PyObject *call[3] = {target, payload, taken};
-        PyObject *r = PyObject_VectorcallMethod(s_send_short, call, 3 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
-        Py_DECREF(taken);
+        rest[direct[k].index] = sent;
+    }
+    /* 3. The rest, in Python: targets without a direct send, and what the kernel did not take. */
+    Py_ssize_t next = 0; /* walks `direct` alongside i, to know each short target's payload */
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *target = PyTuple_GET_ITEM(targets, i);
+        while (next < ndirect && direct[next].index < i)
+            next++;
+        if (rest[i] == -1)
+            continue;
+        PyObject *r;
+        if (rest[i] == -2) {
+            PyObject *call[3] = {target, data, count};
+            r = PyObject_VectorcallMethod(s_send, call, 3 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+        } else {
+            PyObject *payload = direct[next].chunked ? chunk : data;
+            PyObject *taken = PyLong_FromSsize_t(rest[i]);
+            if (taken == NULL)
+                goto done;
+            PyObject *call[3] = {target, payload, taken};
+            r = PyObject_VectorcallMethod(s_send_short, call, 3 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+            Py_DECREF(taken);
+        }
         if (r == NULL)
             goto done;
         Py_DECREF(r);
     }
     result = Py_NewRef(Py_None);
 done:
+    PyMem_Free(direct);
+    PyMem_Free(rest);
     Py_XDECREF(chunk);
-    Py_DECREF(size);
+    Py_XDECREF(size);
     Py_DECREF(targets);
     return result;
 }

@@ -78,6 +78,11 @@ class Stream:
     """
 
     __slots__ = (
+        # What the fan-out loop reads for every delivery, first: one cache line of the object.
+        "direct",
+        "chunked",
+        "frames",
+        "bytes",
         "mode",
         "_request",
         "_hub",
@@ -89,7 +94,6 @@ class Stream:
         "name_events",
         "_early",
         "_transport",
-        "chunked",
         "_paused",
         "_busy",
         "_queue",
@@ -99,12 +103,9 @@ class Stream:
         "_started",
         "_on_close",
         "_status",
-        "direct",
         "_sender",
         "_peer",
         "opened_at",
-        "frames",
-        "bytes",
     )
 
     def __init__(

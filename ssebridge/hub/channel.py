@@ -355,10 +355,13 @@ class Channel(Subscription):
             last = e.id
         return None
 
-    def deliver_events(self, events: Sequence[Envelope]) -> None:
-        """Events with ids, in id order, none delivered before (``fresh``)."""
+    def deliver_events(self, events: Sequence[Envelope], cork: Cork | None = None) -> None:
+        """Events with ids, in id order, none delivered before (``fresh``). With a ``cork``, the frames
+        for streams of several channels wait in it for the rest of the read (see ``Cork``)."""
         if not events:
             return
+        if self._trailing and cork is not None:
+            cork.flush()  # what a trailing stream is sent now must not pass what it was sent before
         self.last_id = events[-1].id
         for held in self._replaying.values():
             held.append(("e", events))
@@ -371,7 +374,7 @@ class Channel(Subscription):
             stats.frames_delivered += len(targets) * n
             stats.bytes_delivered += len(targets) * len(data)
         if self._mux:
-            self._deliver_mux(events)
+            self._deliver_mux(events, cork)
         if self._raw:
             raw = encode_raw([e.data for e in events])
             if raw:
@@ -394,7 +397,7 @@ class Channel(Subscription):
                 del self._trailing[subscriber]
                 self._live_set(subscriber).add(subscriber)
 
-    def _deliver_mux(self, events: Sequence[Envelope]) -> None:
+    def _deliver_mux(self, events: Sequence[Envelope], cork: Cork | None = None) -> None:
         """Live events to the ``_mux`` set: one frame per group of subscribers at the same positions
         with the same naming (see "Shared positions" in the module's docstring)."""
         groups: dict[tuple[int, bool], list[Subscriber]] = {}
@@ -441,7 +444,10 @@ class Channel(Subscription):
         stats = self.stats
         for positions, named, members in frames:
             data = self._frame_positioned(events, positions, named)
-            fan_out(data, n, members)
+            if cork is None:
+                fan_out(data, n, members)
+            else:
+                cork.add(data, n, set(members))
             stats.frames_delivered += len(members) * n
             stats.bytes_delivered += len(members) * len(data)
 
@@ -535,7 +541,7 @@ class Channel(Subscription):
             self.send_events(subscriber, events)
         else:
             data = frame if frame is not None else frame_events(events)
-            subscriber.send(data, len(events))
+            fan_out(data, len(events), (subscriber,))
             self.stats.frames_delivered += len(events)
             self.stats.bytes_delivered += len(data)
 

@@ -190,14 +190,13 @@ class ChannelGroup(PatternGroup, HistoryReplay):
                         continue
                 ch, is_envelope = found
                 if is_envelope:
-                    cork.flush()
-                    self._deliver_envelopes(ch, messages)
+                    self._deliver_envelopes(ch, messages, cork)
                 else:
                     ch.deliver(messages, cork)
         finally:
             cork.flush()
 
-    def _deliver_envelopes(self, ch: Channel, messages: list[bytes]) -> None:
+    def _deliver_envelopes(self, ch: Channel, messages: list[bytes], cork: Cork | None = None) -> None:
         events = []
         for message in messages:
             try:
@@ -215,8 +214,10 @@ class ChannelGroup(PatternGroup, HistoryReplay):
         events = ch.fresh(events)
         hole = ch.hole_at(events) if self.history is not None else None
         if hole is None:
-            ch.deliver_events(events)
+            ch.deliver_events(events, cork)
             return
+        if cork is not None:
+            cork.flush()  # what the catch-up sends (a gap notice) must not pass what the read held
         # An event whose predecessor this bridge never saw (it was not listening, or Redis dropped a
         # message): read the missing ones before delivering anything newer.
         ch.deliver_events(events[:hole])

@@ -264,3 +264,22 @@ def test_a_read_of_several_channels_is_one_send_per_stream_of_several_channels()
     assert some.received == [(b"data: 1\n\ndata: 2\n\ndata: 4\n\n", 3)]
     assert single.received == [(b"data: 3\n\n", 1)]
     assert group.stats.frames_delivered == 4 + 4 + 3 + 1
+
+
+def test_events_of_several_channels_in_one_read_are_one_send_with_ids_in_order() -> None:
+    hub, group, _ = _hub()
+    first, second = _multi(), _multi()
+    for s in (first, second):
+        hub.attach("s", b"a", s)
+        hub.attach("s", b"b", s)
+    confirm(group, b"a")
+    confirm(group, b"b")
+    group.deliver(
+        {
+            envelope_channel(b"a"): [encode_envelope((1, 0), (0, 0), b"a1")],
+            envelope_channel(b"b"): [encode_envelope((1, 0), (0, 0), b"b1")],
+        }
+    )
+    assert len(first.received) == len(second.received) == 1
+    assert first.received[0][0] is second.received[0][0] and first.received[0][1] == 2
+    assert _ids(first) == ["a:1-0", "a:1-0,b:1-0"]
