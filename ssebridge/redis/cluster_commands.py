@@ -47,6 +47,7 @@ from ssebridge.redis.cluster import (
     ask_node,
     parse_redirect,
 )
+from ssebridge.redis.commands import command_factory
 from ssebridge.redis.slots import key_slot
 
 __all__ = ["MAX_WAITS", "ClusterCommandError", "ClusterCommands"]
@@ -270,21 +271,9 @@ class ClusterCommands:
     def _node(self, addr: Addr) -> Any:
         factory = self.nodes.get(addr)
         if factory is None:
-            from ssebridge.redis.publisher import _Factory
-
-            server = self.server.at(*addr)
-            factory = _Factory(
-                None,
-                None,
-                1,
-                isLazy=True,
-                charset=None,
-                password=server.password,
-                convertNumbers=False,
-                username=server.username,
+            factory = command_factory(
+                self.server.at(*addr), self.reactor, self.timeout, HostnameEndpoint(self.reactor, *addr)
             )
-            factory.server, factory.clock, factory.timeout = server, self.reactor, self.timeout
-            factory.startConnecting(HostnameEndpoint(self.reactor, addr[0], addr[1]))
             self.nodes[addr] = factory
         return factory
 

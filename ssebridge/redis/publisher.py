@@ -11,7 +11,6 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from typing import Any, cast
 
-import txredisapi
 from twisted.internet.defer import Deferred, gatherResults, succeed
 from twisted.internet.interfaces import IReactorTime
 
@@ -25,7 +24,9 @@ from ssebridge.publish.publisher import (
     channel_names,
     position_of,
 )
-from ssebridge.redis.handshake import close_endpoint, endpoint_for, handshake
+from ssebridge.redis.cluster_commands import ClusterCommands
+from ssebridge.redis.commands import command_factory
+from ssebridge.redis.handshake import close_endpoint, endpoint_for
 
 __all__ = ["TwistedPublisher", "twisted_publisher_for"]
 
@@ -80,38 +81,6 @@ class TwistedPublisher:
         return gatherResults(replies).addCallback(lambda newest: position_of(names, newest))
 
 
-class _Protocol(txredisapi.RedisProtocol):  # type: ignore[misc]
-    """txredisapi's command protocol with the bridge's handshake (a deadline, retries, ``ROLE`` on a
-    Sentinel-managed address) that drops its connection on ``READONLY`` (a demoted master): the
-    reconnect asks the sentinels again, and a publish retried by the caller reaches the new master."""
-
-    factory: _Factory
-
-    def connectionMade(self) -> Deferred[None]:
-        return Deferred.fromCoroutine(self._handshake())
-
-    async def _handshake(self) -> None:
-        factory = self.factory
-        await handshake(self, factory.timeout, factory.clock, master=factory.server.kind == "sentinel")
-
-    def replyReceived(self, reply: Any) -> None:
-        super().replyReceived(reply)
-        if isinstance(reply, Exception) and str(reply).startswith("READONLY") and self.transport:
-            self.transport.loseConnection()
-
-
-class _Factory(txredisapi.RedisFactory):  # type: ignore[misc]
-    protocol = _Protocol
-    noisy = False
-    initialDelay = 0.1
-    factor = 2.0
-    maxDelay = 1.0
-    jitter = 0.2
-    server: RedisServer
-    clock: IReactorTime
-    timeout: float
-
-
 def twisted_publisher_for(
     address: str | RedisServer, reactor: IReactorTime | None = None, *, timeout: float = 5.0, **options: Any
 ) -> TwistedPublisher:
@@ -128,25 +97,12 @@ def twisted_publisher_for(
         reactor = cast(IReactorTime, default_reactor)
     server = parse_server(address) if isinstance(address, str) else address
     if server.kind == "cluster":
-        from ssebridge.redis.cluster_commands import ClusterCommands
-
         commands = ClusterCommands(server, reactor, timeout=timeout)
         clustered = TwistedPublisher(commands, **{**options, "sharded": True})
         clustered._close = commands.close
         return clustered
-    factory = _Factory(
-        None,
-        server.db,
-        1,
-        isLazy=True,
-        charset=None,
-        password=server.password,
-        convertNumbers=False,
-        username=server.username,
-    )
-    factory.server, factory.clock, factory.timeout = server, reactor, timeout
     endpoint = endpoint_for(reactor, server)
-    factory.startConnecting(endpoint)
+    factory = command_factory(server, reactor, timeout, endpoint)
     publisher = TwistedPublisher(factory.handler, **options)
 
     def close() -> Deferred[None]:
