@@ -69,9 +69,10 @@ class TransportSink(Protocol):
     def connection_down(self) -> None:
         """The connection was lost: subscriptions are void until confirmed again."""
 
-    def subscriptions_lost(self, names: Iterable[bytes]) -> None:
+    def subscriptions_lost(self, names: Iterable[bytes], *, disconnected: bool = False) -> None:
         """The server dropped these subscriptions while the rest stay (a Redis Cluster node's connection
-        lost, a slot migrated or failed over): each is void until ``subscribed`` again."""
+        lost, a slot migrated or failed over): each is void until ``subscribed`` again. ``disconnected``:
+        they went with one of the transport's connections (counted as a lost Redis connection)."""
 
     def subscribed(self, channel: bytes) -> None:
         """The server confirmed the subscription to ``channel``."""

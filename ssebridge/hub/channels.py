@@ -143,7 +143,9 @@ class ChannelGroup(PatternGroup, HistoryReplay):
             ch.unconfirm()
         self._unconfirm_patterns()
 
-    def subscriptions_lost(self, names: Iterable[bytes]) -> None:
+    def subscriptions_lost(self, names: Iterable[bytes], *, disconnected: bool = False) -> None:
+        if disconnected:
+            self.stats.redis_disconnects += 1
         # Only these names: the rest of the transport's subscriptions still deliver. Once confirmed
         # again, the channel catches up from history as after a reconnect.
         for name in names:

@@ -511,16 +511,12 @@ class _NodeSink:
         self.cluster.sink.connection_up()
 
     def connection_down(self) -> None:
-        # Counted as a lone server's lost connection is (``redis_disconnects``, next to each node's
-        # connect in ``redis_connects``), but not reported as one: the hub's ``connection_down`` would
-        # void every channel of the cluster, where only this node's are.
-        stats = getattr(self.cluster.sink, "stats", None)
-        if stats is not None:
-            stats.redis_disconnects += 1
+        # Not the hub's ``connection_down``, which would void every channel of the cluster, where only
+        # this node's are: ``node_down`` reports them lost with their connection.
         self.cluster.node_down(self.node)
 
-    def subscriptions_lost(self, names: Iterable[bytes]) -> None:
-        self.cluster.lost(names)
+    def subscriptions_lost(self, names: Iterable[bytes], *, disconnected: bool = False) -> None:
+        self.cluster.lost(names, disconnected=disconnected)
 
     def subscribed(self, channel: bytes) -> None:
         if channel in self.node.channels:
@@ -670,12 +666,13 @@ class ClusterTransport:
                 del self.nodes[addr]
                 node.transport.stop()
 
-    def lost(self, names: Iterable[bytes]) -> None:
-        """These channels' subscriptions are void: the hub waits for them to be confirmed again."""
+    def lost(self, names: Iterable[bytes], *, disconnected: bool = False) -> None:
+        """These channels' subscriptions are void (with a node's connection, when ``disconnected``): the
+        hub waits for them to be confirmed again."""
         gone = [n for n in names if n in self.confirmed]
-        if gone:
-            self.confirmed.difference_update(gone)
-            self.sink.subscriptions_lost(gone)
+        self.confirmed.difference_update(gone)
+        if gone or disconnected:
+            self.sink.subscriptions_lost(gone, disconnected=disconnected)
 
     # The nodes' reports.
 
@@ -702,7 +699,7 @@ class ClusterTransport:
         self.refresh_soon()
 
     def node_down(self, node: _Node) -> None:
-        self.lost(node.channels)
+        self.lost(node.channels, disconnected=True)
         if not self._stopped:
             self.refresh_soon()
 
