@@ -17,6 +17,7 @@ import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -87,8 +88,61 @@ def redis_pipeline(
 # --- a private redis-server -----------------------------------------------------------------------
 
 
+class ServerProcess:
+    """What a test does to a server process of its own: kill, freeze, thaw, stop, clean up.
+
+    Subclasses set ``process`` when they start it and own ``directory``; ``_wait_started`` polls a
+    liveness check until it holds, the process exits, or the time is up.
+    """
+
+    process: subprocess.Popen[bytes] | None
+    directory: Path
+
+    def _wait_started(self, alive: Callable[[], bool], what: str, timeout: float) -> None:
+        assert self.process is not None
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                if alive():
+                    return
+            except (OSError, ConnectionError, RespError):
+                pass
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"{what} did not start")
+            time.sleep(0.02)
+
+    def kill(self) -> None:
+        """SIGKILL: the socket dies with the process, as in a crash."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(10)
+
+    def freeze(self) -> None:
+        """SIGSTOP: the socket stays open and silent, as on a hung host."""
+        assert self.process is not None
+        self.process.send_signal(signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGCONT)
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGCONT)
+            self.process.terminate()
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(10)
+
+    def cleanup(self) -> None:
+        self.stop()
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+
 @dataclass
-class RedisProcess:
+class RedisProcess(ServerProcess):
     """A ``redis-server`` of its own, on a free port and a unix socket, that tests may kill and restart."""
 
     port: int = field(default_factory=free_port)
@@ -124,16 +178,12 @@ class RedisProcess:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                if redis_command(self.address, "PING", timeout=1.0) == b"PONG":
-                    return self
-            except (OSError, ConnectionError, RespError):
-                pass
-            if self.process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"redis-server on port {self.port} did not start")
-            time.sleep(0.02)
+        self._wait_started(
+            lambda: redis_command(self.address, "PING", timeout=1.0) == b"PONG",
+            f"redis-server on port {self.port}",
+            timeout,
+        )
+        return self
 
     def command(self, *args: bytes | str | int) -> Any:
         return redis_command(self.address, *args)
@@ -148,36 +198,6 @@ class RedisProcess:
         reply = self.command("PUBSUB", "NUMSUB", channel)
         n: int = reply[1]
         return n
-
-    def kill(self) -> None:
-        """SIGKILL: the socket dies with the process, as in a crash."""
-        if self.process is not None and self.process.poll() is None:
-            self.process.kill()
-            self.process.wait(10)
-
-    def freeze(self) -> None:
-        """SIGSTOP: the socket stays open and silent, as on a hung host."""
-        assert self.process is not None
-        self.process.send_signal(signal.SIGSTOP)
-
-    def thaw(self) -> None:
-        assert self.process is not None
-        self.process.send_signal(signal.SIGCONT)
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGCONT)
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(10)
-
-    def cleanup(self) -> None:
-        self.stop()
-        shutil.rmtree(self.directory, ignore_errors=True)
-
 
 # --- the event-stream format, as a browser parses it ---------------------------------------------
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import secrets
 import shutil
-import signal
 import subprocess
 import tempfile
 import time
@@ -17,13 +16,13 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from ssebridge.testing import RedisProcess, RespError, free_port, redis_pipeline
+from ssebridge.testing import RedisProcess, RespError, ServerProcess, free_port, redis_pipeline
 
 MASTER_NAME = "mymaster"
 
 
 @dataclass
-class SentinelProcess:
+class SentinelProcess(ServerProcess):
     """One ``redis-server --sentinel`` on a free port, watching one master."""
 
     master_port: int
@@ -75,16 +74,12 @@ class SentinelProcess:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                if authed(self.address, self.password, ("PING",), timeout=1.0) == b"PONG":
-                    return self
-            except (OSError, ConnectionError, RespError):
-                pass
-            if self.process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"sentinel on port {self.port} did not start")
-            time.sleep(0.02)
+        self._wait_started(
+            lambda: authed(self.address, self.password, ("PING",), timeout=1.0) == b"PONG",
+            f"sentinel on port {self.port}",
+            timeout,
+        )
+        return self
 
     def command(self, *args: bytes | str | int) -> Any:
         return authed(self.address, self.password, args)
@@ -92,29 +87,6 @@ class SentinelProcess:
     def master_state(self) -> dict[str, str]:
         reply = self.command("SENTINEL", "MASTER", self.name)
         return {reply[i].decode(): reply[i + 1].decode() for i in range(0, len(reply), 2)}
-
-    def freeze(self) -> None:
-        """SIGSTOP: its sockets stay open and silent, as on a hung host."""
-        assert self.process is not None
-        self.process.send_signal(signal.SIGSTOP)
-
-    def thaw(self) -> None:
-        assert self.process is not None
-        self.process.send_signal(signal.SIGCONT)
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGCONT)
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(10)
-
-    def cleanup(self) -> None:
-        self.stop()
-        shutil.rmtree(self.directory, ignore_errors=True)
 
 
 @dataclass
