@@ -1,4 +1,5 @@
-"""Fixtures: private redis-server processes, an in-process bridge, and a check that no test leaks timers."""
+"""Fixtures: private redis-server processes, an in-process bridge, the log lines of a test, and a check
+that no test leaks timers."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from typing import Any
 import pytest
 import pytest_twisted
 from twisted.internet import reactor
+from twisted.logger import formatEvent, globalLogPublisher
 
 from ssebridge.config.model import load_config
 from ssebridge.runtime.service import BridgeService
@@ -65,6 +67,21 @@ async def run_bridge(tmp_path: Path, redis: RedisProcess) -> AsyncIterator[RunBr
         await service.stopService()
     for path in tmp_path.glob("bridge-*.ini"):
         path.unlink()
+
+
+@pytest.fixture
+def logs() -> Iterator[list[str]]:
+    """Every log line while the test runs, formatted as a human reads it."""
+    lines: list[str] = []
+
+    def observe(event: dict[str, Any]) -> None:
+        lines.append(formatEvent(event))
+
+    globalLogPublisher.addObserver(observe)
+    try:
+        yield lines
+    finally:
+        globalLogPublisher.removeObserver(observe)
 
 
 @pytest.fixture(autouse=True)

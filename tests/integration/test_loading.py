@@ -9,14 +9,10 @@ are served while loading; PING and the history read (EVALSHA) are not.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
-import pytest
 import pytest_twisted
 from twisted.internet import reactor, threads
-from twisted.logger import formatEvent, globalLogPublisher
 
 from ssebridge.config.model import load_config
 from ssebridge.publish.connect import publisher_for
@@ -25,20 +21,6 @@ from ssebridge.testing import RedisProcess, connect_sse, free_port
 from tests.helpers import until
 
 SLOW_LOAD = ("--key-load-delay", "100", "--loading-process-events-interval-bytes", "1024")
-
-
-@pytest.fixture
-def logs() -> Iterator[list[str]]:
-    lines: list[str] = []
-
-    def observe(event: dict[str, Any]) -> None:
-        lines.append(formatEvent(event))
-
-    globalLogPublisher.addObserver(observe)
-    try:
-        yield lines
-    finally:
-        globalLogPublisher.removeObserver(observe)
 
 
 @pytest_twisted.ensureDeferred

@@ -69,21 +69,6 @@ async def bridges(tmp_path: Path) -> AsyncIterator[Bridges]:
         await service.stopService()
 
 
-@pytest.fixture
-def logs() -> Iterator[list[str]]:
-    """Every log line while the test runs, formatted."""
-    lines: list[str] = []
-
-    def observe(event: dict[str, Any]) -> None:
-        lines.append(formatEvent(event))
-
-    globalLogPublisher.addObserver(observe)
-    try:
-        yield lines
-    finally:
-        globalLogPublisher.removeObserver(observe)
-
-
 def transports(service: BridgeService) -> list[Any]:
     return [g.transport for g in service.hub.groups.values()]
 

@@ -1,19 +1,17 @@
 """A Redis that refuses subscriptions (NOPERM from an ACL, NOAUTH from a password the bridge lacks):
-each refusal is logged with its channel, counted, told to the channel's streams, retried with backoff,
+each refusal is logs with its channel, counted, told to the channel's streams, retried with backoff,
 and keeps the node unready while it lasts."""
 
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-import pytest
 import pytest_twisted
 import treq
 from twisted.internet import reactor
-from twisted.logger import formatEvent, globalLogPublisher
 from twisted.web.client import HTTPConnectionPool
 
 from ssebridge.config.model import load_config
@@ -63,20 +61,6 @@ async def bridge(tmp_path: Path, redis: RedisProcess) -> AsyncIterator[Bridge]:
     await service.stopService()
 
 
-@pytest.fixture
-def logged() -> Iterator[list[str]]:
-    lines: list[str] = []
-
-    def observe(event: Any) -> None:
-        lines.append(formatEvent(event))
-
-    globalLogPublisher.addObserver(observe)
-    try:
-        yield lines
-    finally:
-        globalLogPublisher.removeObserver(observe)
-
-
 async def publish_until(redis: RedisProcess, client: SSEClient, channel: str, tag: str) -> None:
     """Publish ``tag`` until the client has it (the subscription may be on its way back)."""
     await publish_until_received(redis, [client], tag, timeout=10, channel=channel)
@@ -84,7 +68,7 @@ async def publish_until(redis: RedisProcess, client: SSEClient, channel: str, ta
 
 @pytest_twisted.ensureDeferred
 async def test_an_acl_refusing_a_channel_is_logged_counted_told_and_retried(
-    bridge: Bridge, redis: RedisProcess, logged: list[str]
+    bridge: Bridge, redis: RedisProcess, logs: list[str]
 ) -> None:
     hub = bridge.service.hub
     await until(lambda: hub.not_ready() is None, what="ready")
@@ -106,7 +90,7 @@ async def test_an_acl_refusing_a_channel_is_logged_counted_told_and_retried(
     assert await bridge.metric("ssebridge_subscribe_refusals_total") >= 1
     assert await bridge.metric("ssebridge_subscriptions_refused") == 1
     assert await bridge.metric("ssebridge_redis_connected") == 1
-    assert any("SUBSCRIBE b'news' refused (NOPERM" in line for line in logged)
+    assert any("SUBSCRIBE b'news' refused (NOPERM" in line for line in logs)
     # The granted channel on the same connection is served meanwhile.
     await publish_until(redis, allowed, "allowed-1", "granted")
     # Retried with backoff, not given up, and nothing piles up in txredisapi's reply queue.
@@ -120,7 +104,7 @@ async def test_an_acl_refusing_a_channel_is_logged_counted_told_and_retried(
     ready_after = time.monotonic() - start
     assert (await bridge.get("/readyz"))[0] == 200
     await publish_until(redis, news, "news", "after")
-    assert any("SUBSCRIBE b'news' accepted after" in line for line in logged)
+    assert any("SUBSCRIBE b'news' accepted after" in line for line in logs)
     print(f"\nNOPERM: unready {refused_after:.2f}s after the ACL change, ready {ready_after:.2f}s after")
     for c in (news, allowed):
         await c.disconnect()
@@ -128,7 +112,7 @@ async def test_an_acl_refusing_a_channel_is_logged_counted_told_and_retried(
 
 @pytest_twisted.ensureDeferred
 async def test_a_password_the_bridge_lacks_makes_it_unready_until_it_is_lifted(
-    bridge: Bridge, redis: RedisProcess, logged: list[str]
+    bridge: Bridge, redis: RedisProcess, logs: list[str]
 ) -> None:
     hub = bridge.service.hub
     await until(lambda: hub.not_ready() is None, what="ready")
@@ -148,7 +132,7 @@ async def test_a_password_the_bridge_lacks_makes_it_unready_until_it_is_lifted(
     # PING is refused too: the connection is not up, and the gauge agrees with readiness.
     assert await bridge.metric("ssebridge_redis_connected") == 0
     await until(lambda: REFUSED in news.parser.comments, what="the stream told")
-    assert any("SUBSCRIBE b'news' refused (NOAUTH" in line for line in logged)
+    assert any("SUBSCRIBE b'news' refused (NOAUTH" in line for line in logs)
     assert await bridge.metric("ssebridge_subscribe_refusals_total") >= 1
 
     start = time.monotonic()
