@@ -14,7 +14,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime, IStreamClientEndpoint
 
 from ssebridge.address import RedisServer
-from ssebridge.redis.handshake import handshake
+from ssebridge.redis.handshake import factory_for, handshake
 
 __all__ = ["CommandFactory", "command_factory"]
 
@@ -57,16 +57,7 @@ def command_factory(
     server: RedisServer, reactor: IReactorTime, timeout: float, endpoint: IStreamClientEndpoint
 ) -> CommandFactory:
     """A ``CommandFactory`` for ``server``, connecting through ``endpoint`` now and after every loss."""
-    factory = CommandFactory(
-        None,
-        server.db,
-        1,
-        isLazy=True,
-        charset=None,
-        password=server.password,
-        convertNumbers=False,
-        username=server.username,
-    )
+    factory = factory_for(CommandFactory, server)
     factory.server, factory.clock, factory.timeout = server, reactor, timeout
     factory.startConnecting(endpoint)
     return factory

@@ -9,7 +9,7 @@ the connection, and the factory tries again with its backoff. Both the subscribe
 
 from __future__ import annotations
 
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.endpoints import HostnameEndpoint, UNIXClientEndpoint, wrapClientTLS
@@ -18,11 +18,37 @@ from twisted.internet.ssl import optionsForClientTLS
 
 from ssebridge.address import RedisServer
 
-__all__ = ["NotMaster", "close_endpoint", "endpoint_for", "handshake", "peer_of", "switched_away"]
+__all__ = [
+    "NotMaster",
+    "close_endpoint",
+    "endpoint_for",
+    "factory_for",
+    "handshake",
+    "peer_of",
+    "switched_away",
+]
 
 
 class NotMaster(Exception):
     """A Sentinel-managed connection reached a server whose ``ROLE`` is not master."""
+
+
+_Factory = TypeVar("_Factory")
+
+
+def factory_for(factory_class: type[_Factory], server: RedisServer) -> _Factory:
+    """A txredisapi factory of ``factory_class`` for ``server``: one lazy connection, replies as bytes
+    (no decoding, no number conversion), with the server's credentials and database for ``handshake``."""
+    return factory_class(  # type: ignore[call-arg]
+        None,
+        server.db,
+        1,
+        isLazy=True,
+        charset=None,
+        password=server.password,
+        convertNumbers=False,
+        username=server.username,
+    )
 
 
 def endpoint_for(reactor: Any, server: RedisServer) -> IStreamClientEndpoint:

@@ -29,7 +29,7 @@ from twisted.python.failure import Failure
 from ssebridge.address import RedisServer
 from ssebridge.interfaces import History, HistoryUnavailable, Replay
 from ssebridge.publish.envelope import EventId, history_key
-from ssebridge.redis.handshake import close_endpoint, endpoint_for, handshake, switched_away
+from ssebridge.redis.handshake import close_endpoint, endpoint_for, factory_for, handshake, switched_away
 from ssebridge.redis.streams import READ_SCRIPT, READ_SHA, read_arguments, replay_from
 
 __all__ = ["DEFAULT_TIMEOUT", "HistoryUnavailable", "RedisHistory"]
@@ -347,16 +347,7 @@ class RedisHistory:
             self._waiters.remove(waiter)
 
     def _connect(self) -> None:
-        factory = _Factory(
-            None,
-            self.server.db,
-            1,
-            isLazy=True,
-            charset=None,
-            password=self.server.password,
-            convertNumbers=False,
-            username=self.server.username,
-        )
+        factory = factory_for(_Factory, self.server)
         factory.owner = self
         self._factory = factory
         self._endpoint = endpoint_for(self.reactor, self.server)

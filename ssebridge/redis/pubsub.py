@@ -32,7 +32,14 @@ from twisted.python.failure import Failure
 from ssebridge.address import RedisServer
 from ssebridge.interfaces import Transport, TransportSink
 from ssebridge.redis.closes import CloseDiagnosis, pubsub_limit
-from ssebridge.redis.handshake import close_endpoint, endpoint_for, handshake, peer_of, switched_away
+from ssebridge.redis.handshake import (
+    close_endpoint,
+    endpoint_for,
+    factory_for,
+    handshake,
+    peer_of,
+    switched_away,
+)
 from ssebridge.redis.replies import ReplyLoop
 from ssebridge.redis.retries import SubscribeRetries, Subscriptions
 
@@ -159,16 +166,7 @@ class RedisTransport:
         self._closes = CloseDiagnosis(server.describe())
         # The address of the server the current connection is to, for the diagnosis.
         self._peer: str | None = None
-        factory = _Factory(
-            None,
-            server.db,
-            1,
-            isLazy=True,
-            charset=None,
-            password=server.password,
-            convertNumbers=False,
-            username=server.username,
-        )
+        factory = factory_for(_Factory, server)
         factory.owner = self
         self._factory = factory
         self._endpoint = endpoint_for(reactor, server)
