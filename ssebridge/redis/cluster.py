@@ -37,13 +37,10 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, cast
 
-import hiredis
 import txredisapi
 from twisted.internet.defer import CancelledError, Deferred, fail, gatherResults
 from twisted.internet.defer import TimeoutError as DeadlinePassed
-from twisted.internet.endpoints import HostnameEndpoint, connectProtocol
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
-from twisted.internet.protocol import Protocol
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -53,8 +50,8 @@ from ssebridge.interfaces import History, HistoryUnavailable, Replay, Transport,
 from ssebridge.logs import printable
 from ssebridge.publish.envelope import EventId, history_key
 from ssebridge.redis.history import DEFAULT_TIMEOUT, RedisHistory
+from ssebridge.redis.oneshot import ask, auth_commands
 from ssebridge.redis.pubsub import RedisTransport
-from ssebridge.redis.resp import encode_command
 from ssebridge.redis.retries import Subscriptions
 from ssebridge.redis.slots import SLOTS, key_slot
 
@@ -193,48 +190,6 @@ class TopologyUnavailable(Exception):
     """No node answered a map read."""
 
 
-class _Ask(Protocol):
-    """A short-lived connection: send some commands in one write, collect their replies, close."""
-
-    def __init__(self, commands: list[tuple[bytes, ...]]) -> None:
-        self.commands = commands
-        self.replies: list[Any] = []
-        self.reader = hiredis.Reader()
-        self.done: Deferred[list[Any]] = Deferred(lambda _: self._abort())
-
-    def connectionMade(self) -> None:
-        assert self.transport is not None
-        self.transport.write(b"".join(encode_command(*c) for c in self.commands))
-
-    def dataReceived(self, data: bytes) -> None:
-        self.reader.feed(data)
-        while (reply := self.reader.gets()) is not False:
-            self.replies.append(reply)
-        if len(self.replies) >= len(self.commands) and not self.done.called:
-            self.done.callback(self.replies)
-            if self.transport is not None:
-                self.transport.loseConnection()
-
-    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
-        if not self.done.called:
-            self.done.errback(reason)
-
-    def _abort(self) -> None:
-        transport: Any = self.transport
-        if transport is not None:
-            transport.abortConnection()
-
-
-async def ask_node(reactor: Any, addr: Addr, commands: list[tuple[bytes, ...]], timeout: float) -> list[Any]:
-    """The replies of ``commands`` sent to the node at ``addr`` on a connection of their own."""
-    protocol = _Ask(commands)
-    connecting = connectProtocol(HostnameEndpoint(reactor, addr[0], addr[1], timeout=timeout), protocol)
-    connecting.addTimeout(timeout, reactor)
-    await connecting
-    protocol.done.addTimeout(timeout, reactor)
-    return await protocol.done
-
-
 class Topology:
     """The slot map of one cluster, read again on request; its readers are told of each new map.
 
@@ -322,17 +277,12 @@ class Topology:
 
     async def _read(self) -> SlotMap:
         errors: list[str] = []
-        commands: list[tuple[bytes, ...]] = []
-        if self.server.password is not None:
-            auth: tuple[bytes, ...] = (b"AUTH", self.server.password.encode())
-            if self.server.username:
-                auth = (b"AUTH", self.server.username.encode(), self.server.password.encode())
-            commands.append(auth)
+        commands = auth_commands(self.server.username, self.server.password)
         commands += [(b"CLUSTER", b"SLOTS"), (b"CLUSTER", b"INFO")]
         self.reads += 1
         for addr in self.candidates():
             try:
-                replies = await ask_node(self.reactor, addr, commands, ASK_TIMEOUT)
+                replies = await ask(self.reactor, addr, commands, ASK_TIMEOUT)
                 refused = next((r for r in replies if isinstance(r, Exception)), None)
                 if refused is not None:
                     raise refused

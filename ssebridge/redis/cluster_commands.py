@@ -44,10 +44,10 @@ from ssebridge.redis.cluster import (
     SlotMap,
     Topology,
     TopologyUnavailable,
-    ask_node,
     parse_redirect,
 )
 from ssebridge.redis.commands import command_factory
+from ssebridge.redis.oneshot import ask, auth_commands
 from ssebridge.redis.slots import key_slot
 
 __all__ = ["MAX_WAITS", "ClusterCommandError", "ClusterCommands"]
@@ -243,15 +243,10 @@ class ClusterCommands:
                 self._busy[addr] = left
 
     async def _asking(self, addr: Addr, raw: tuple[Any, ...], remaining: float) -> Any:
-        commands: list[tuple[Any, ...]] = []
-        if self.server.password is not None:
-            auth: tuple[Any, ...] = (b"AUTH", self.server.password)
-            if self.server.username:
-                auth = (b"AUTH", self.server.username, self.server.password)
-            commands.append(auth)
+        commands = auth_commands(self.server.username, self.server.password)
         commands += [(b"ASKING",), raw]
         try:
-            replies = await ask_node(self.reactor, addr, commands, max(0.001, remaining))
+            replies = await ask(self.reactor, addr, commands, max(0.001, remaining))
         except Exception as e:
             # Refused, lost, timed out: the node is on its way out of the slot; the map says where next.
             raise _Unreachable(f"{addr[0]}:{addr[1]} (ASK): {e or type(e).__name__}") from None

@@ -43,7 +43,8 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from ssebridge.address import RedisServer
-from ssebridge.redis.resp import Arg, encode_command
+from ssebridge.redis.oneshot import ask, auth_commands
+from ssebridge.redis.resp import encode_command
 
 __all__ = [
     "DISCOVERY_TIMEOUT",
@@ -85,47 +86,8 @@ class UnknownMaster(SentinelError):
     """A sentinel answered, and knows no master by that name: most likely a misconfigured name."""
 
 
-class _Query(Protocol):
-    """Write some commands in one go, collect one reply each, then close."""
-
-    def __init__(self, commands: list[tuple[Arg, ...]]) -> None:
-        self.commands = commands
-        self.replies: list[Any] = []
-        self.done: Deferred[list[Any]] = Deferred(lambda _: self._abort())
-        self._reader = hiredis.Reader()
-
-    def connectionMade(self) -> None:
-        assert self.transport is not None
-        self.transport.write(b"".join(encode_command(*c) for c in self.commands))
-
-    def dataReceived(self, data: bytes) -> None:
-        self._reader.feed(data)
-        while len(self.replies) < len(self.commands):
-            reply = self._reader.gets()
-            if reply is False:
-                return
-            self.replies.append(reply)
-        if not self.done.called:
-            self.done.callback(self.replies)
-        self._abort()
-
-    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
-        if not self.done.called:
-            self.done.errback(ConnectionError("the sentinel closed the connection"))
-
-    def _abort(self) -> None:
-        if self.transport is not None:
-            self.transport.abortConnection()  # type: ignore[attr-defined]
-
-
 def _text(value: Any) -> str:
     return value.decode(errors="replace") if isinstance(value, bytes) else str(value)
-
-
-def _auth(username: str | None, password: str | None) -> list[tuple[Arg, ...]]:
-    if password is None:
-        return []
-    return [("AUTH", username, password) if username else ("AUTH", password)]
 
 
 async def ask_sentinel(
@@ -137,14 +99,10 @@ async def ask_sentinel(
 
     ``SENTINEL MASTER`` rather than ``get-master-addr-by-name``: its flags say whether the address is
     that of a master the sentinel itself sees down."""
-    commands = _auth(server.sentinel_username, server.sentinel_password)
+    commands = auth_commands(server.sentinel_username, server.sentinel_password)
     commands.append(("SENTINEL", "MASTER", server.master))
-    query = _Query(commands)
-    endpoint = HostnameEndpoint(reactor, node[0], node[1], timeout=max(1, round(timeout)))
-    attempt = endpoint.connect(Factory.forProtocol(lambda: query))
     try:
-        await attempt.addTimeout(timeout, reactor)
-        replies = await query.done.addTimeout(timeout, reactor)
+        replies = await ask(reactor, node, commands, timeout)
     except DeadlinePassed:
         raise SentinelError(f"no answer within {timeout:g}s") from None
     except (ConnectError, ConnectionError) as e:
@@ -444,7 +402,7 @@ class _SwitchWatcher(Protocol):
     def connectionMade(self) -> None:
         assert self.transport is not None
         server = self.endpoint.server
-        commands = _auth(server.sentinel_username, server.sentinel_password)
+        commands = auth_commands(server.sentinel_username, server.sentinel_password)
         self._expected = ["AUTH"] * len(commands) + ["SENTINEL", "SUBSCRIBE"]
         commands.append(("SENTINEL", "MASTER", server.master))
         commands.append(("SUBSCRIBE", "+switch-master"))
