@@ -6,7 +6,7 @@ slot of its first key (``publish.lua`` has one: the channel's history stream, wh
 ``SPUBLISH`` channel shares, so the append and the announcement are one atomic step on one node), and
 ``execute_command`` to the slot of the argument after the command's name (``XREVRANGE key ...``).
 
-It keeps its own slot map (``ssebridge.redis.cluster.Topology``) and one command connection per master it
+It keeps its own slot map (``ssebridge.redis.topology.Topology``) and one command connection per master it
 sent to, and on an error reply:
 
 - ``-MOVED``: corrects the slot's entry, sends again at the new owner, and reads the whole map again in
@@ -36,7 +36,10 @@ from twisted.internet.task import deferLater
 from twisted.logger import Logger
 
 from ssebridge.address import RedisServer
-from ssebridge.redis.cluster import (
+from ssebridge.redis.commands import command_factory
+from ssebridge.redis.oneshot import ask, auth_commands
+from ssebridge.redis.slots import key_slot
+from ssebridge.redis.topology import (
     ASK_TIMEOUT,
     MAX_REDIRECTS,
     TRANSIENT,
@@ -46,9 +49,6 @@ from ssebridge.redis.cluster import (
     TopologyUnavailable,
     parse_redirect,
 )
-from ssebridge.redis.commands import command_factory
-from ssebridge.redis.oneshot import ask, auth_commands
-from ssebridge.redis.slots import key_slot
 
 __all__ = ["MAX_WAITS", "ClusterCommandError", "ClusterCommands"]
 

@@ -21,10 +21,11 @@ from twisted.internet.threads import deferToThread
 from ssebridge.address import parse_server
 from ssebridge.config.model import load_config
 from ssebridge.publish.envelope import format_id, history_key
-from ssebridge.redis.cluster import ClusterHistory, Topology
+from ssebridge.redis.cluster import ClusterHistory
 from ssebridge.redis.cluster_commands import ClusterCommandError, ClusterCommands
 from ssebridge.redis.publisher import TwistedPublisher, twisted_publisher_for
 from ssebridge.redis.slots import key_slot
+from ssebridge.redis.topology import Topology
 from ssebridge.runtime.service import BridgeService
 from ssebridge.testing import RedisProcess, SSEClient, connect_sse, free_port, redis_pipeline
 from tests.cluster_support import Cluster

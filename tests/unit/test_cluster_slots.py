@@ -18,9 +18,9 @@ from txredisapi import ResponseError
 from ssebridge.config.model import load_config
 from ssebridge.config.schema import ConfigError
 from ssebridge.publish.envelope import envelope_channel, history_key
-from ssebridge.redis.cluster import Redirect, SlotMap, parse_redirect
 from ssebridge.redis.replies import ReplyLoop
 from ssebridge.redis.slots import SLOTS, crc16, hash_part, key_slot
+from ssebridge.redis.topology import Redirect, SlotMap, parse_redirect
 from tests.unit.test_replies import Recorder
 
 # redis-cli -p P CLUSTER KEYSLOT KEY, on redis-server 7.0.15.
