@@ -14,6 +14,7 @@
 #include <Python.h>
 
 #include <errno.h>
+#include <stdlib.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -68,6 +69,65 @@ typedef struct {
     int chunked;
 } Direct;
 
+/* What step 3 does for one target: OWN its own send(data, count); COUNTED only its counters (its
+ * direct send went out whole, or its peer is gone); >= 0 its counters and send_short of the rest, the
+ * kernel having taken that many bytes. */
+#define OWN (-2)
+#define COUNTED (-1)
+
+typedef struct {
+    Py_ssize_t rest;
+    int chunked;
+} Outcome;
+
+static int
+fd_order(const void *a, const void *b)
+{
+    int x = ((const Direct *)a)->fd, y = ((const Direct *)b)->fd;
+    return (x > y) - (x < y);
+}
+
+/* Put the sends in the order of their fds. Why: the kernel hands out the lowest free fd, so fd order
+ * is about the order the connections were accepted in, which is the order their kernel state (and the
+ * client's) was allocated in; sweeping them in that order, rather than in the order of a Python set
+ * (by object address), measured 9% faster per send at 10,000 clients (bench/RESULTS.md). A table
+ * indexed by fd does it in linear time; qsort when the fds are too sparse for one, or repeat. */
+static void
+order_by_fd(Direct *direct, Py_ssize_t n)
+{
+    if (n < 2)
+        return;
+    int top = 0;
+    for (Py_ssize_t k = 0; k < n; k++)
+        if (direct[k].fd > top)
+            top = direct[k].fd;
+    Py_ssize_t *slot = NULL; /* by fd: 1 + the index in `direct` of its send, 0 for none */
+    Direct *sorted = NULL;
+    if ((size_t)top <= 8 * (size_t)n + 4096) {
+        slot = PyMem_Calloc((size_t)top + 1, sizeof(Py_ssize_t));
+        sorted = PyMem_Malloc(sizeof(Direct) * (size_t)n);
+    }
+    if (slot == NULL || sorted == NULL)
+        goto by_qsort;
+    for (Py_ssize_t k = 0; k < n; k++) {
+        if (slot[direct[k].fd] != 0)
+            goto by_qsort; /* two targets on one fd: not a stream's, but still sent to */
+        slot[direct[k].fd] = k + 1;
+    }
+    Py_ssize_t m = 0;
+    for (int fd = 0; fd <= top; fd++)
+        if (slot[fd] != 0)
+            sorted[m++] = direct[slot[fd] - 1];
+    memcpy(direct, sorted, sizeof(Direct) * (size_t)n);
+    PyMem_Free(slot);
+    PyMem_Free(sorted);
+    return;
+by_qsort:
+    PyMem_Free(slot);
+    PyMem_Free(sorted);
+    qsort(direct, (size_t)n, sizeof(Direct), fd_order);
+}
+
 static PyObject *
 deliver(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
@@ -91,22 +151,21 @@ deliver(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     Py_ssize_t n = PyTuple_GET_SIZE(targets);
     PyObject *size = PyLong_FromSsize_t(PyBytes_GET_SIZE(data));
     Direct *direct = PyMem_Malloc(sizeof(Direct) * (size_t)(n ? n : 1));
-    /* Per target: -1 nothing more to do, -2 its own send(data, count), >= 0 send_short(payload, that). */
-    Py_ssize_t *rest = PyMem_Malloc(sizeof(Py_ssize_t) * (size_t)(n ? n : 1));
+    Outcome *outcome = PyMem_Malloc(sizeof(Outcome) * (size_t)(n ? n : 1));
     PyObject *chunk = NULL; /* built once, at the first chunked target */
     PyObject *result = NULL;
     Py_ssize_t ndirect = 0;
-    if (size == NULL || direct == NULL || rest == NULL) {
+    if (size == NULL || direct == NULL || outcome == NULL) {
         if (size != NULL)
             PyErr_NoMemory();
         goto done;
     }
-    /* 1. Which targets take a direct send, and their fds; counted once here, however the bytes
-     *    leave (as Stream.send counts them). No Python code runs from here to the sends, so no
-     *    socket can be closed (and its fd reused) in between. */
+    /* 1. Which targets take a direct send, and their fds: the least per target, since every client
+     *    waits for this step (the counters wait for step 3). No Python code runs from here to the
+     *    sends, so no socket can be closed (and its fd reused) in between. */
     for (Py_ssize_t i = 0; i < n; i++) {
         PyObject *target = PyTuple_GET_ITEM(targets, i);
-        rest[i] = -2;
+        outcome[i] = (Outcome){OWN, 0};
         PyObject *sock = PyObject_GetAttr(target, s_direct);
         if (sock == NULL) {
             /* Not a direct-capable subscriber (a test's, say): its own send. */
@@ -133,12 +192,11 @@ deliver(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
             if (chunk == NULL)
                 goto done;
         }
-        if (add_to(target, s_frames, count) < 0 || add_to(target, s_bytes, size) < 0)
-            goto done;
-        rest[i] = -1;
+        outcome[i] = (Outcome){COUNTED, chunked};
         if (fd >= 0)
             direct[ndirect++] = (Direct){i, fd, chunked};
     }
+    order_by_fd(direct, ndirect);
     /* 2. The sends: a flat loop over fds, nothing else between them. */
     for (Py_ssize_t k = 0; k < ndirect; k++) {
         PyObject *payload = direct[k].chunked ? chunk : data;
@@ -155,26 +213,27 @@ deliver(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
                 continue; /* the peer is gone: the reactor reports it (connectionLost) next turn */
             sent = 0;
         }
-        rest[direct[k].index] = sent;
+        outcome[direct[k].index].rest = sent;
     }
-    /* 3. The rest, in Python: targets without a direct send, and what the kernel did not take. */
-    Py_ssize_t next = 0; /* walks `direct` alongside i, to know each short target's payload */
+    /* 3. Per target, in the call's order: the counters of a direct send (counted however the bytes
+     *    leave, as Stream.send counts them), then, in Python, what the kernel did not take, or the
+     *    target's own send. */
     for (Py_ssize_t i = 0; i < n; i++) {
         PyObject *target = PyTuple_GET_ITEM(targets, i);
-        while (next < ndirect && direct[next].index < i)
-            next++;
-        if (rest[i] == -1)
-            continue;
+        Outcome o = outcome[i];
         PyObject *r;
-        if (rest[i] == -2) {
+        if (o.rest == OWN) {
             PyObject *call[3] = {target, data, count};
             r = PyObject_VectorcallMethod(s_send, call, 3 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
         } else {
-            PyObject *payload = direct[next].chunked ? chunk : data;
-            PyObject *taken = PyLong_FromSsize_t(rest[i]);
+            if (add_to(target, s_frames, count) < 0 || add_to(target, s_bytes, size) < 0)
+                goto done;
+            if (o.rest == COUNTED)
+                continue;
+            PyObject *taken = PyLong_FromSsize_t(o.rest);
             if (taken == NULL)
                 goto done;
-            PyObject *call[3] = {target, payload, taken};
+            PyObject *call[3] = {target, o.chunked ? chunk : data, taken};
             r = PyObject_VectorcallMethod(s_send_short, call, 3 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
             Py_DECREF(taken);
         }
@@ -185,7 +244,7 @@ deliver(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     result = Py_NewRef(Py_None);
 done:
     PyMem_Free(direct);
-    PyMem_Free(rest);
+    PyMem_Free(outcome);
     Py_XDECREF(chunk);
     Py_XDECREF(size);
     Py_DECREF(targets);

@@ -42,6 +42,7 @@ __all__ = [
     "direct_socket",
     "gone",
     "missing_internals",
+    "no_delay",
     "request_line",
     "take_over",
 ]
@@ -117,7 +118,25 @@ def take_over(request: Request, producer: IPushProducer) -> Any | None:
     # or it would not notice the client leave.
     transport.resumeProducing()
     channel.transport = None
+    no_delay(transport)
     return transport
+
+
+def no_delay(transport: tcp.Connection) -> None:
+    """Turn Nagle's algorithm off on a TCP connection; leave any other (a unix socket) as it is.
+
+    Why: a stream's writes are small and each is wanted now, the right default for SSE. With Nagle on,
+    a frame written while an earlier small one is unacknowledged waits for that ACK, which the client's
+    kernel may delay by up to 40 ms: a stream would stall exactly when it is busiest. nginx sets
+    ``tcp_nodelay`` on keep-alive connections for the same reason, and the fan-out floor
+    (``bench/floor.py``) on every client's socket.
+    """
+    if transport.socket.family not in (socket.AF_INET, socket.AF_INET6):
+        return
+    try:
+        transport.setTcpNoDelay(True)
+    except OSError:
+        pass  # the peer has already gone: the reactor reports it
 
 
 def direct_sender(transport: Any) -> Callable[[bytes], int]:

@@ -138,6 +138,31 @@ def test_what_the_kernel_does_not_take_goes_to_send_short_unframed_again(loop: L
     assert (full.frames, full.bytes) == (1, len(data))
 
 
+def test_sends_in_another_order_than_the_targets_still_report_each_target_its_own_rest(
+    loop: Loop, pairs: Any
+) -> None:
+    """The C loop sends in the order of the fds, not of the targets (see ``_fanout.c``): what it hands
+    back (``send_short``, counters) must still reach the target it belongs to, with that target's
+    framing. The targets here come in the reverse order of their fds, and differ in all three."""
+    ends = [pairs() for _ in range(4)]
+    for a, _ in ends[:2]:
+        _fill(a)
+    full_chunked = Target(ends[0][0], chunked=True)
+    full_plain = Target(ends[1][0])
+    fine_chunked = Target(ends[2][0], chunked=True)
+    fine_plain = Target(ends[3][0])
+    data = b"data: ordered\n\n"
+    chunk = b"%x\r\n" % len(data) + data + b"\r\n"
+    loop(data, 3, [fine_plain, fine_chunked, full_plain, full_chunked])
+    assert full_chunked.short == [(chunk, 0)]
+    assert full_plain.short == [(data, 0)]
+    assert fine_chunked.short == fine_plain.short == []
+    assert _read(ends[2][1], len(chunk)) == chunk
+    assert _read(ends[3][1], len(data)) == data
+    for t in (full_chunked, full_plain, fine_chunked, fine_plain):
+        assert (t.frames, t.bytes, t.sent) == (3, len(data), [])
+
+
 def test_a_gone_peer_or_a_closed_socket_is_left_to_the_reactor(loop: Loop, pairs: Any) -> None:
     a, b = pairs()
     b.close()

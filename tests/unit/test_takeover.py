@@ -92,3 +92,18 @@ def test_an_http_channel_keeps_the_request_line_it_parsed() -> None:
     for name in takeover.CHANNEL_CONTRACT:
         assert hasattr(channel, name), name
     assert takeover.request_line(channel) == (b"POST", b"/upload?x=1", b"HTTP/1.1")
+
+
+def test_a_tcp_connection_sends_without_nagle_and_a_unix_one_is_left_as_it_is() -> None:
+    listener = socket.create_server(("127.0.0.1", 0))
+    client = socket.create_connection(listener.getsockname()[:2])
+    served, _ = listener.accept()
+    local, remote = socket.socketpair()
+    try:
+        assert served.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 0
+        takeover.no_delay(tcp.Connection(served, None, reactor=_Reactor()))
+        assert served.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+        takeover.no_delay(tcp.Connection(local, None, reactor=_Reactor()))  # no TCP options: no error
+    finally:
+        for s in (listener, client, served, local, remote):
+            s.close()
