@@ -218,28 +218,43 @@ deliver(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     /* 3. Per target, in the call's order: the counters of a direct send (counted however the bytes
      *    leave, as Stream.send counts them), then, in Python, what the kernel did not take, or the
      *    target's own send. */
+    /*    A target whose call fails does not stop the others: their bytes are already partly on the
+     *    wire, and a frame cut short and never completed would break their streams. The first error
+     *    is raised once every target has been served. */
+    PyObject *err_type = NULL, *err_value = NULL, *err_tb = NULL;
     for (Py_ssize_t i = 0; i < n; i++) {
         PyObject *target = PyTuple_GET_ITEM(targets, i);
         Outcome o = outcome[i];
-        PyObject *r;
+        PyObject *r = Py_None;
+        Py_INCREF(r);
         if (o.rest == OWN) {
+            Py_DECREF(r);
             PyObject *call[3] = {target, data, count};
             r = PyObject_VectorcallMethod(s_send, call, 3 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
-        } else {
-            if (add_to(target, s_frames, count) < 0 || add_to(target, s_bytes, size) < 0)
-                goto done;
-            if (o.rest == COUNTED)
-                continue;
+        } else if (add_to(target, s_frames, count) < 0 || add_to(target, s_bytes, size) < 0) {
+            Py_DECREF(r);
+            r = NULL;
+        } else if (o.rest != COUNTED) {
+            Py_DECREF(r);
             PyObject *taken = PyLong_FromSsize_t(o.rest);
-            if (taken == NULL)
-                goto done;
-            PyObject *call[3] = {target, o.chunked ? chunk : data, taken};
-            r = PyObject_VectorcallMethod(s_send_short, call, 3 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
-            Py_DECREF(taken);
+            r = NULL;
+            if (taken != NULL) {
+                PyObject *call[3] = {target, o.chunked ? chunk : data, taken};
+                r = PyObject_VectorcallMethod(s_send_short, call, 3 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+                Py_DECREF(taken);
+            }
         }
-        if (r == NULL)
-            goto done;
-        Py_DECREF(r);
+        if (r != NULL) {
+            Py_DECREF(r);
+        } else if (err_type == NULL) {
+            PyErr_Fetch(&err_type, &err_value, &err_tb);
+        } else {
+            PyErr_Clear();
+        }
+    }
+    if (err_type != NULL) {
+        PyErr_Restore(err_type, err_value, err_tb);
+        goto done;
     }
     result = Py_NewRef(Py_None);
 done:

@@ -36,10 +36,15 @@ def deliver_python(data: bytes, count: int, targets: Sequence[Subscriber]) -> No
     """The loop in Python (what ``ssebridge._fanout.deliver`` does in C): see the module's docstring."""
     chunk: bytes | None = None
     size = len(data)
+    # A target whose call fails does not stop the others; the first error is raised at the end.
+    error: Exception | None = None
     for target in tuple(targets):
         sock: Any = getattr(target, "direct", None)
         if sock is None:
-            target.send(data, count)
+            try:
+                target.send(data, count)
+            except Exception as e:
+                error = error or e
             continue
         t: Any = target
         if t.chunked:
@@ -57,7 +62,12 @@ def deliver_python(data: bytes, count: int, targets: Sequence[Subscriber]) -> No
         except OSError:
             continue  # the peer is gone: the reactor reports it (connectionLost) next turn
         if sent != len(payload):
-            t.send_short(payload, sent)
+            try:
+                t.send_short(payload, sent)
+            except Exception as e:
+                error = error or e
+    if error is not None:
+        raise error
 
 
 def native() -> Callable[[bytes, int, Sequence[Subscriber]], None] | None:

@@ -308,3 +308,22 @@ def test_events_of_several_channels_in_one_read_are_one_send_with_ids_in_order()
     assert len(first.received) == len(second.received) == 1
     assert first.received[0][0] is second.received[0][0] and first.received[0][1] == 2
     assert _ids(first) == ["a:1-0", "a:1-0,b:1-0"]
+
+
+class Failing(Target):
+    def send(self, data: bytes, count: int = 1) -> None:
+        raise RuntimeError("a subscriber's send failed")
+
+
+def test_a_target_whose_send_fails_does_not_cut_the_others_short(loop: Loop, pairs: Any) -> None:
+    """The first error is raised after every other target was served: a direct send already on the wire
+    still gets the rest of its frame queued, and later targets still get theirs."""
+    full_a, full_b = pairs()
+    _fill(full_a)  # the kernel takes none of the next frame: it must be queued by send_short
+    ok_a, ok_b = pairs()
+    short, failing, after_own, direct = Target(full_a), Failing(None), Target(None), Target(ok_a)
+    with pytest.raises(RuntimeError, match="send failed"):
+        loop(b"data: x\n\n", 1, [short, failing, after_own, direct])
+    assert short.short == [(b"data: x\n\n", 0)] and short.frames == 1
+    assert after_own.sent == [(b"data: x\n\n", 1)]
+    assert _read(ok_b, 9) == b"data: x\n\n" and direct.frames == 1
