@@ -11,7 +11,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -90,6 +90,28 @@ def stop_process(proc: subprocess.Popen[bytes], timeout: float = 20.0) -> None:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(5)
+
+
+def serve_flask_example(*waitress_args: str) -> Iterator[str]:
+    """The flask_auth example as its own HTTP server (waitress, with ``waitress_args``) in a subprocess:
+    yields its base URL, stops it after."""
+    from ssebridge.testing import free_port
+
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "waitress", "--listen", f"127.0.0.1:{port}", *waitress_args, "app:app"],
+        cwd=EXAMPLES / "flask_auth",
+        env=dict(os.environ, FLASK_SECRET_KEY="test"),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_port(port, proc=proc)
+    except AssertionError:
+        proc.kill()
+        raise
+    yield f"http://127.0.0.1:{port}"
+    stop_process(proc)
 
 
 def run_twistd(*args: str, cwd: Path, timeout: float = 30.0) -> tuple[int, bytes, bytes]:

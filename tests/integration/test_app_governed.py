@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from collections.abc import Iterator
 
 import pytest
@@ -15,7 +12,7 @@ from twisted.web.client import HTTPConnectionPool
 
 from ssebridge.config.model import load_config
 from ssebridge.testing import RedisProcess, connect_sse, free_port
-from tests.helpers import EXAMPLES, RunBridge, port_of, stop_process, wait_port
+from tests.helpers import EXAMPLES, RunBridge, port_of, serve_flask_example
 
 StartBridge = RunBridge
 
@@ -122,21 +119,7 @@ async def test_native_header_needs_no_rule_and_refusals_pass_through(
 @pytest.fixture
 def flask_app() -> Iterator[str]:
     """The Flask example as its own HTTP server (waitress), in a subprocess."""
-    port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "waitress", "--listen", f"127.0.0.1:{port}", "app:app"],
-        cwd=EXAMPLES / "flask_auth",
-        env=dict(os.environ, FLASK_SECRET_KEY="test"),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        wait_port(port, proc=proc)
-    except AssertionError:
-        proc.kill()
-        raise
-    yield f"http://127.0.0.1:{port}"
-    stop_process(proc)
+    yield from serve_flask_example()
 
 
 @pytest_twisted.ensureDeferred

@@ -4,10 +4,7 @@ sees the client's own address, not the bridge's; without ``--trusted-proxy``, wa
 from __future__ import annotations
 
 import json
-import os
 import socket
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,7 +15,7 @@ from twisted.internet.threads import deferToThread
 from ssebridge.config.model import load_config
 from ssebridge.runtime.service import BridgeService
 from ssebridge.testing import RedisProcess, free_port
-from tests.helpers import EXAMPLES, port_of, stop_process, wait_port
+from tests.helpers import EXAMPLES, port_of, serve_flask_example
 
 FLASK_AUTH = EXAMPLES / "flask_auth"
 #: What the examples tell users to run (checked against their text below).
@@ -32,40 +29,14 @@ TRUSTING = [
 CLIENT = "127.0.0.2"
 
 
-def _waitress(trusting: bool) -> Iterator[str]:
-    port = free_port()
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "waitress",
-            "--listen",
-            f"127.0.0.1:{port}",
-            *(TRUSTING if trusting else []),
-            "app:app",
-        ],
-        cwd=FLASK_AUTH,
-        env=dict(os.environ, FLASK_SECRET_KEY="test"),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        wait_port(port, proc=proc)
-    except AssertionError:
-        proc.kill()
-        raise
-    yield f"http://127.0.0.1:{port}"
-    stop_process(proc)
-
-
 @pytest.fixture
 def trusting_app() -> Iterator[str]:
-    yield from _waitress(trusting=True)
+    yield from serve_flask_example(*TRUSTING)
 
 
 @pytest.fixture
 def plain_app() -> Iterator[str]:
-    yield from _waitress(trusting=False)
+    yield from serve_flask_example()
 
 
 def _example(name: str, tmp_path: Path, app_url: str, redis: RedisProcess) -> tuple[Path, int]:
