@@ -200,21 +200,6 @@ class Browser:
                 pass
 
 
-@pytest.fixture(scope="module")
-def chromedriver(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ChromeDriver]:
-    missing = [p for p in (CHROMIUM, CHROMEDRIVER) if not (os.path.isfile(p) and os.access(p, os.X_OK))]
-    if missing:
-        pytest.skip(
-            f"browser tests need Chromium and chromedriver (apt-get install chromium "
-            f"chromium-driver); missing: {', '.join(missing)}"
-        )
-    driver = ChromeDriver(tmp_path_factory.mktemp("chromedriver"))
-    try:
-        yield driver
-    finally:
-        driver.stop()
-
-
 # --- the bridge on a copy of an example ------------------------------------------------------------
 
 

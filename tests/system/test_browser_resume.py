@@ -19,7 +19,6 @@ is missing.
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import threading
@@ -35,7 +34,7 @@ from ssebridge.publish import Publisher
 from ssebridge.publish.envelope import envelope_channel
 from ssebridge.testing import RedisProcess, free_port
 from tests.helpers import stop_process, twistd, wait_port
-from tests.system.test_browser import CHROMEDRIVER, CHROMIUM, Browser, ChromeDriver, wait_for
+from tests.system.test_browser import Browser, ChromeDriver, wait_for
 
 #: Seconds any one wait may take before the test fails (a healthy run needs a fraction of it).
 WAIT = 30.0
@@ -82,21 +81,6 @@ STATE = (
     "return {count: n, last: n ? window.got[n - 1].id : null, gaps: window.gaps, errors: window.errors,"
     " states: window.states, opens: window.opens, readyState: source.readyState};"
 )
-
-
-@pytest.fixture(scope="module")
-def driver(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ChromeDriver]:
-    missing = [p for p in (CHROMIUM, CHROMEDRIVER) if not (os.path.isfile(p) and os.access(p, os.X_OK))]
-    if missing:
-        pytest.skip(
-            f"browser tests need Chromium and chromedriver (apt-get install chromium "
-            f"chromium-driver); missing: {', '.join(missing)}"
-        )
-    chromedriver = ChromeDriver(tmp_path_factory.mktemp("chromedriver"))
-    try:
-        yield chromedriver
-    finally:
-        chromedriver.stop()
 
 
 @pytest.fixture
@@ -169,9 +153,9 @@ def bridges(tmp_path: Path, redis: RedisProcess) -> Iterator[Bridges]:
 
 
 @pytest.fixture
-def browser(driver: ChromeDriver, bridges: Bridges) -> Iterator[Browser]:
+def browser(chromedriver: ChromeDriver, bridges: Bridges) -> Iterator[Browser]:
     """A browser session of its own, closed before the bridges stop (it depends on ``bridges``)."""
-    session = driver.browser()
+    session = chromedriver.browser()
     try:
         yield session
     finally:
