@@ -19,6 +19,7 @@ from twisted.web.server import Request
 from zope.interface import implementer
 
 from ssebridge.config.defaults import CLIENT_BUFFER
+from ssebridge.fanout import deliver_python
 from ssebridge.http.access import logged_path, mark_stream
 from ssebridge.hub.channels import Hub
 from ssebridge.interfaces import Subscriber
@@ -251,20 +252,9 @@ class Stream:
         Counted once here, however it leaves: straight to the socket, or queued behind what is. The
         hub's fan-out loop (``ssebridge.fanout``) does the direct case itself, for many streams at once.
         """
-        sock = self.direct
-        if sock is not None:
-            # The hot path: nothing queued here or in Twisted, so the kernel almost always takes it all.
-            payload = _chunk(data) if self.chunked else data
-            self.frames += count
-            self.bytes += len(data)
-            try:
-                sent = sock.send(payload)
-            except BlockingIOError:
-                sent = 0
-            except OSError:
-                return  # the peer is gone: the reactor reports it (connectionLost) next turn
-            if sent != len(payload):
-                self.send_short(payload, sent)
+        if self.direct is not None:
+            # Nothing queued here or in Twisted: the fan-out loop's direct send, for this one stream.
+            deliver_python(data, count, (self,))
             return
         if self._closed:
             return
