@@ -40,8 +40,10 @@ def loop(request: pytest.FixtureRequest) -> Loop:
     return native
 
 
-class Target:
+class Shape:
     """What a taken-over stream offers the loop: a socket while it can take a direct send."""
+
+    __slots__ = ()
 
     def __init__(self, sock: socket.socket | None, chunked: bool = False) -> None:
         self.direct = sock
@@ -59,6 +61,24 @@ class Target:
 
     def send_short(self, payload: bytes, sent: int) -> None:
         self.short.append((payload, sent))
+
+
+class Target(Shape):
+    """Its attributes in a ``__dict__``: the loop reads and writes them by name."""
+
+
+class SlotTarget(Shape):
+    """Its attributes in ``__slots__``, as ``Stream``'s are: the C loop reads and writes them at their
+    offsets in the object (see ``_fanout.c``), not by name."""
+
+    __slots__ = ("direct", "chunked", "frames", "bytes", "sent", "short", "positions", "mode", "name_events")
+
+
+@pytest.fixture(params=[SlotTarget, Target], ids=["slots", "dict"])
+def make(request: pytest.FixtureRequest) -> type[Shape]:
+    """Targets of either kind: every loop test holds for both."""
+    kind: type[Shape] = request.param
+    return kind
 
 
 @pytest.fixture
@@ -93,10 +113,12 @@ def _fill(sock: socket.socket) -> None:
             return
 
 
-def test_direct_targets_get_the_frame_in_one_send_each_and_are_counted(loop: Loop, pairs: Any) -> None:
+def test_direct_targets_get_the_frame_in_one_send_each_and_are_counted(
+    loop: Loop, pairs: Any, make: type[Shape]
+) -> None:
     ends = [pairs() for _ in range(3)]
-    plain = [Target(a) for a, _ in ends[:2]]
-    chunked = Target(ends[2][0], chunked=True)
+    plain = [make(a) for a, _ in ends[:2]]
+    chunked = make(ends[2][0], chunked=True)
     data = b"data: hello\n\n"
     loop(data, 2, [*plain, chunked])
     for _, b in ends[:2]:
@@ -107,25 +129,29 @@ def test_direct_targets_get_the_frame_in_one_send_each_and_are_counted(loop: Loo
         assert (t.frames, t.bytes, t.sent, t.short) == (2, len(data), [], [])
 
 
-def test_targets_without_a_direct_socket_get_their_own_send(loop: Loop, pairs: Any) -> None:
+def test_targets_without_a_direct_socket_get_their_own_send(
+    loop: Loop, pairs: Any, make: type[Shape]
+) -> None:
     a, b = pairs()
-    queued = Target(None)  # paused, or something queued: its send queues behind
+    queued = make(None)  # paused, or something queued: its send queues behind
     plain = FakeSubscriber()  # no direct attribute at all
-    direct = Target(a)
+    direct = make(a)
     loop(b"data: x\n\n", 1, [queued, plain, direct])
     assert queued.sent == [(b"data: x\n\n", 1)] and queued.frames == 0  # counted by its own send
     assert plain.received == [(b"data: x\n\n", 1)]
     assert _read(b, 9) == b"data: x\n\n" and direct.sent == []
 
 
-def test_what_the_kernel_does_not_take_goes_to_send_short_unframed_again(loop: Loop, pairs: Any) -> None:
+def test_what_the_kernel_does_not_take_goes_to_send_short_unframed_again(
+    loop: Loop, pairs: Any, make: type[Shape]
+) -> None:
     full_a, _ = pairs()
     _fill(full_a)
     part_a, part_b = pairs()
     part_a.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
     _fill(part_a)
     part_b.recv(8192)  # some room again, less than the frame
-    full, part = Target(full_a, chunked=True), Target(part_a, chunked=True)
+    full, part = make(full_a, chunked=True), make(part_a, chunked=True)
     data = b"z" * 200_000
     loop(data, 1, [full, part])
     ((payload_full, sent_full),) = full.short
@@ -139,7 +165,7 @@ def test_what_the_kernel_does_not_take_goes_to_send_short_unframed_again(loop: L
 
 
 def test_sends_in_another_order_than_the_targets_still_report_each_target_its_own_rest(
-    loop: Loop, pairs: Any
+    loop: Loop, pairs: Any, make: type[Shape]
 ) -> None:
     """The C loop sends in the order of the fds, not of the targets (see ``_fanout.c``): what it hands
     back (``send_short``, counters) must still reach the target it belongs to, with that target's
@@ -147,10 +173,10 @@ def test_sends_in_another_order_than_the_targets_still_report_each_target_its_ow
     ends = [pairs() for _ in range(4)]
     for a, _ in ends[:2]:
         _fill(a)
-    full_chunked = Target(ends[0][0], chunked=True)
-    full_plain = Target(ends[1][0])
-    fine_chunked = Target(ends[2][0], chunked=True)
-    fine_plain = Target(ends[3][0])
+    full_chunked = make(ends[0][0], chunked=True)
+    full_plain = make(ends[1][0])
+    fine_chunked = make(ends[2][0], chunked=True)
+    fine_plain = make(ends[3][0])
     data = b"data: ordered\n\n"
     chunk = b"%x\r\n" % len(data) + data + b"\r\n"
     loop(data, 3, [fine_plain, fine_chunked, full_plain, full_chunked])
@@ -163,19 +189,23 @@ def test_sends_in_another_order_than_the_targets_still_report_each_target_its_ow
         assert (t.frames, t.bytes, t.sent) == (3, len(data), [])
 
 
-def test_a_gone_peer_or_a_closed_socket_is_left_to_the_reactor(loop: Loop, pairs: Any) -> None:
+def test_a_gone_peer_or_a_closed_socket_is_left_to_the_reactor(
+    loop: Loop, pairs: Any, make: type[Shape]
+) -> None:
     a, b = pairs()
     b.close()
     c, _ = pairs()
     c.close()  # fileno() is -1 now
     d, e = pairs()
-    gone, closed, alive = Target(a), Target(c), Target(d)
+    gone, closed, alive = make(a), make(c), make(d)
     loop(b"data: y\n\n", 1, [gone, closed, alive])
     assert gone.short == closed.short == gone.sent == closed.sent == []
     assert _read(e, 9) == b"data: y\n\n"
 
 
-def test_a_target_that_detaches_others_does_not_disturb_the_loop(loop: Loop, pairs: Any) -> None:
+def test_a_target_that_detaches_others_does_not_disturb_the_loop(
+    loop: Loop, pairs: Any, make: type[Shape]
+) -> None:
     """The loop works on its own snapshot: a send may close streams, which leave the caller's set."""
     a, b = pairs()
     members: set[Any] = set()
@@ -185,10 +215,21 @@ def test_a_target_that_detaches_others_does_not_disturb_the_loop(loop: Loop, pai
             super().send(data, count)
             members.clear()
 
-    closer, direct = Closer(None), Target(a)
+    closer, direct = Closer(None), make(a)
     members.update((closer, direct))
     loop(b"data: z\n\n", 1, members)  # type: ignore[arg-type]
     assert closer.sent and _read(b, 9) == b"data: z\n\n"
+
+
+def test_an_unset_direct_slot_is_no_direct_socket(loop: Loop, pairs: Any) -> None:
+    """The C loop reads slots without a lookup (see ``_fanout.c``), but gives what the lookup would: an
+    unset ``direct`` slot is no direct socket, so the target gets its own send."""
+    unset = SlotTarget(None)
+    del unset.direct
+    a, b = pairs()
+    loop(b"data: s\n\n", 1, [unset, SlotTarget(a)])
+    assert unset.sent == [(b"data: s\n\n", 1)]
+    assert _read(b, 9) == b"data: s\n\n"
 
 
 def test_an_exception_from_a_target_propagates(loop: Loop) -> None:
@@ -315,13 +356,15 @@ class Failing(Target):
         raise RuntimeError("a subscriber's send failed")
 
 
-def test_a_target_whose_send_fails_does_not_cut_the_others_short(loop: Loop, pairs: Any) -> None:
+def test_a_target_whose_send_fails_does_not_cut_the_others_short(
+    loop: Loop, pairs: Any, make: type[Shape]
+) -> None:
     """The first error is raised after every other target was served: a direct send already on the wire
     still gets the rest of its frame queued, and later targets still get theirs."""
     full_a, full_b = pairs()
     _fill(full_a)  # the kernel takes none of the next frame: it must be queued by send_short
     ok_a, ok_b = pairs()
-    short, failing, after_own, direct = Target(full_a), Failing(None), Target(None), Target(ok_a)
+    short, failing, after_own, direct = make(full_a), Failing(None), make(None), make(ok_a)
     with pytest.raises(RuntimeError, match="send failed"):
         loop(b"data: x\n\n", 1, [short, failing, after_own, direct])
     assert short.short == [(b"data: x\n\n", 0)] and short.frames == 1
