@@ -17,7 +17,6 @@ from urllib.parse import unquote_to_bytes
 
 from klein import Klein
 from twisted.internet.defer import Deferred
-from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
@@ -29,7 +28,7 @@ from ssebridge import frames
 from ssebridge.address import DEFAULT_SERVER, RedisServer
 from ssebridge.config.defaults import CLIENT_BUFFER, CONFIRM_TIMEOUT
 from ssebridge.config.model import StaticMap
-from ssebridge.fanout import deliver as fan_out
+from ssebridge.http.heartbeat import Heartbeat
 from ssebridge.http.resource import attach_stream
 from ssebridge.http.static import static_resource_for
 from ssebridge.http.stream import Stream
@@ -277,7 +276,7 @@ class Bridge:
         #: Resources answering exact paths before any rule (metrics and health checks, when configured).
         self.fixed: dict[str, IResource] = {}
         self.stopping = False
-        self._heartbeat: LoopingCall | None = None
+        self._heartbeat = Heartbeat(reactor)
 
     def resource(self) -> IResource:
         """The router as a twisted.web resource."""
@@ -314,30 +313,23 @@ class Bridge:
             patterns=resolved.patterns,
         )
         self.streams.add(stream)
+        self._heartbeat.add(stream)
         attach_stream(stream, request, self.hub, resolved.server, self.confirm_timeout, self.reactor)
         return stream
 
     def _stream_closed(self, stream: Stream, reason: str) -> None:
         self.streams.discard(stream)
+        self._heartbeat.discard(stream)
 
     # Heartbeats and shutdown.
 
     def start_heartbeat(self, interval: float) -> None:
         """Every ``interval`` seconds, a comment to every SSE stream: proxies keep quiet streams, and a
-        dead peer is found by the write that fails."""
-        if interval > 0 and self._heartbeat is None:
-            self._heartbeat = LoopingCall(self._beat)
-            self._heartbeat.clock = self.reactor
-            self._heartbeat.start(interval, now=False)
-
-    def _beat(self) -> None:
-        # One shared comment through the fan-out loop: a send per client, as for an event.
-        fan_out(frames.comment(), 0, [s for s in self.streams if s.mode == "sse" and s.started])
+        dead peer is found by the write that fails (``ssebridge.http.heartbeat``: a slice at a time)."""
+        self._heartbeat.start(interval)
 
     def stop_heartbeat(self) -> None:
-        if self._heartbeat is not None and self._heartbeat.running:
-            self._heartbeat.stop()
-        self._heartbeat = None
+        self._heartbeat.stop()
 
     def close_all(self, window: float, retry_ms: int) -> Deferred[None]:
         """Close every stream, spread over ``window`` seconds, each told to come back after about
