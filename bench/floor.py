@@ -7,6 +7,9 @@ thread that subscribes to one Redis channel and, for each batch read, frames it 
 bridge's figures are reported as multiples of it. nginx + nchan (Redis mode), the best peer we know,
 runs too where Debian's ``nginx`` and ``libnginx-mod-nchan`` are installed.
 
+``baseline`` (with ``--baseline DIR``) is the bridge of another tree, a checkout of an earlier commit
+(with its C loop built in place, or not), run alternately with the others: a before/after in one run.
+
 ``ssebridge-py`` is the same bridge with its pure-Python fan-out loop (``SSEBRIDGE_FANOUT=python``), to
 weigh the optional C loop (``ssebridge._fanout``, built in the tree by ``setup.py build_ext --inplace``;
 each run reports which loop the bridge had: ``fanout``).
@@ -22,6 +25,7 @@ the script stops, saying so.
     python bench/floor.py --rounds 2 --only 10k,16ch
     python bench/floor.py --repo /tmp/bench-head   # the bridge of another tree
     python bench/floor.py --servers floor,ssebridge,ssebridge-py --only 10k   # C loop against Python loop
+    python bench/floor.py --baseline /tmp/bench-before   # before/after: another tree's bridge alternates too
 
 Figures per run: p50/p99 publish-to-receive latency (every event, ``sseload``'s histogram), delivered
 events/s (first to last event), lost/dup, server CPU (utime+stime of its process tree from the first
@@ -52,6 +56,8 @@ REPO = Path(__file__).resolve().parent.parent
 SHARED = REPO.parent / "shared" / "bench"
 NCHAN_MODULE = Path("/usr/lib/nginx/modules/ngx_nchan_module.so")
 CHANNELS_16 = [f"c{i}" for i in range(1, 17)]
+#: Every server this script knows, in the order its tables list them.
+KINDS = ("floor", "ssebridge", "ssebridge-py", "baseline", "nchan")
 
 
 @dataclass(frozen=True)
@@ -94,6 +100,7 @@ def fanout_of(repo: Path) -> str:
         out = subprocess.run(
             [sys.executable, "-c", probe],
             env={**os.environ, "PYTHONPATH": str(repo)},
+            cwd=str(repo),  # ``python -c`` puts its working directory first on the path
             capture_output=True,
             text=True,
             check=True,
@@ -140,7 +147,13 @@ http {{
 
 
 def start_server(
-    kind: str, reaper: services.Reaper, run_dir: Path, redis_port: int, tools: dict[str, Path], repo: Path
+    kind: str,
+    reaper: services.Reaper,
+    run_dir: Path,
+    redis_port: int,
+    tools: dict[str, Path],
+    repo: Path,
+    baseline: Path | None = None,
 ) -> tuple[int, int]:
     """Start the server under test on a free port; return (port, pid of its process tree's root)."""
     port = services.free_port()
@@ -177,6 +190,8 @@ def start_server(
         command = services.DEFAULT_BRIDGE_CMD
         if kind == "ssebridge-py":
             command = "env SSEBRIDGE_FANOUT=python " + command
+        if kind == "baseline" and baseline is not None:
+            repo = baseline
         proc = services.start_bridge(reaper, repo, config, port, run_dir / "bridge.log", command=command)
     out.close()
     return port, proc.pid
@@ -192,7 +207,7 @@ def run_one(
     clients: list[subprocess.Popen[bytes]] = []  # sseload processes: ours, in our own process group
     try:
         _, redis_port, redis_pid = services.start_redis(reaper, run_dir)
-        port, root = start_server(kind, reaper, run_dir, redis_port, tools, args.repo)
+        port, root = start_server(kind, reaper, run_dir, redis_port, tools, args.repo, args.baseline)
         time.sleep(args.settle)
         rss_before = procstat.rss_kib(procstat.process_tree(root))
         ready = run_dir / "ready.json"
@@ -348,7 +363,7 @@ def summarize(rows: list[dict[str, Any]], scenarios: list[Scenario]) -> list[dic
     for sc in scenarios:
         floor_key = "1k" if sc.channels > 1 else sc.key  # the floor has one channel: compare at the same rate
         floor_rows = [r for r in rows if r["server"] == "floor" and r["scenario"] == floor_key]
-        for kind in ("floor", "ssebridge", "ssebridge-py", "nchan"):
+        for kind in KINDS:
             mine = [r for r in rows if r["server"] == kind and r["scenario"] == sc.key]
             if not mine:
                 continue
@@ -409,6 +424,12 @@ def main() -> int:
         default="floor,ssebridge,nchan",
         help="which servers (those available): floor, ssebridge, ssebridge-py, nchan",
     )
+    ap.add_argument(
+        "--baseline",
+        type=Path,
+        default=None,
+        help="another tree whose bridge runs too, as the server 'baseline' (a before/after in one run)",
+    )
     ap.add_argument("--repo", type=Path, default=REPO, help="the tree whose ssebridge is run (PYTHONPATH)")
     ap.add_argument("--shared", type=Path, default=SHARED, help="where floor.c and sseload.c are")
     ap.add_argument("--settle", type=float, default=2.0, help="seconds before each RSS reading")
@@ -423,6 +444,13 @@ def main() -> int:
             return 2
         tools = {"sseload": sseload}
         servers = [s for s in args.servers.split(",") if s]
+        if args.baseline is None and "baseline" in servers:
+            log("the server 'baseline' needs --baseline DIR: skipped")
+            servers.remove("baseline")
+        if args.baseline is not None and "baseline" not in servers:
+            at = servers.index("ssebridge") + 1 if "ssebridge" in servers else len(servers)
+            servers.insert(at, "baseline")
+            log(f"baseline bridge at {args.baseline}: fan-out loop {fanout_of(args.baseline)}")
         floor = build(args.shared / "floor.c", tmp) if "floor" in servers else None
         if floor is not None:
             tools["floor"] = floor
@@ -439,7 +467,7 @@ def main() -> int:
         for rnd in range(1, args.rounds + 1):
             for sc in scenarios:
                 for kind in servers:
-                    if sc.channels > 1 and not kind.startswith("ssebridge"):
+                    if sc.channels > 1 and kind in ("floor", "nchan"):
                         continue  # the floor has one channel; nchan's multiplexed channels are another API
                     label = f"{sc.key}-{kind}-r{rnd}"
                     log(f"{label}: {sc.clients:,} clients x {sc.rate:g} msg/s, {sc.messages:,} messages")
@@ -466,6 +494,7 @@ def main() -> int:
             "summary": summary,
             "servers": servers,
             "repo": str(args.repo),
+            "baseline": str(args.baseline) if args.baseline else None,
             "fanout": fanout_of(args.repo),
         }
         out_root.mkdir(parents=True, exist_ok=True)
