@@ -103,7 +103,8 @@ SETTINGS: tuple[Setting, ...] = (
         seconds,
         "seconds between heartbeat comments (a bare `:` line) on every `sse` stream (`sseraw` streams "
         "carry the app's bytes alone), so proxies keep quiet streams open and dead clients are found; "
-        "`0` turns them off",
+        "sent to a tenth of the streams every `heartbeat`/10 seconds, so no event waits behind a comment "
+        "to every stream; `0` turns them off",
     ),
     _setting(
         "max_streams",
