@@ -8,18 +8,19 @@ so, when the extension is not built: ``python3 setup.py build_ext --inplace`` bu
 from __future__ import annotations
 
 import socket
-from collections.abc import Callable, Hashable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import pytest
 
 from ssebridge import fanout
-from ssebridge.hub.channels import ChannelGroup, Hub
-from ssebridge.interfaces import Subscriber, TransportSink
+from ssebridge.hub.channels import ChannelGroup
+from ssebridge.interfaces import Subscriber
 from ssebridge.publish.envelope import EventId, encode_envelope, envelope_channel
 from ssebridge.testing import EventStreamParser
-from tests.unit.test_hub import FakeSubscriber, FakeTransport, confirm
-from tests.unit.test_hub_resume import FakeHistory, history
+from tests.unit.test_hub import FakeSubscriber, confirm
+from tests.unit.test_hub_resume import history
+from tests.unit.test_hub_resume import make as resume_hub
 
 Loop = Callable[[bytes, int, Sequence[Subscriber]], None]
 
@@ -249,17 +250,6 @@ def test_implementation_is_named() -> None:
 # Shared positions: streams of several channels at the same positions get one frame.
 
 
-def _hub() -> tuple[Hub, ChannelGroup, FakeHistory]:
-    store = FakeHistory()
-
-    def transport(key: Hashable, sink: TransportSink) -> FakeTransport:
-        return FakeTransport(key, sink)
-
-    hub = Hub(transport, make_history=lambda key: store)
-    hub.connect("s")
-    return hub, hub.groups["s"], store
-
-
 def _multi() -> FakeSubscriber:
     s = FakeSubscriber()
     s.positions = {b"a": None, b"b": None}
@@ -278,7 +268,7 @@ def _ids(s: FakeSubscriber) -> list[str]:
 
 
 def test_streams_at_the_same_positions_share_one_frame_and_split_when_one_falls_behind() -> None:
-    hub, group, store = _hub()
+    hub, group, store = resume_hub()
     first, second, late = _multi(), _multi(), _multi()
     for s in (first, second):
         hub.attach("s", b"a", s)
@@ -308,7 +298,7 @@ def test_streams_at_the_same_positions_share_one_frame_and_split_when_one_falls_
 
 
 def test_a_read_of_several_channels_is_one_send_per_stream_of_several_channels() -> None:
-    hub, group, _ = _hub()
+    hub, group, _ = resume_hub()
     every = [FakeSubscriber() for _ in range(2)]
     some, single = FakeSubscriber(), FakeSubscriber()
     for s in every:
@@ -333,7 +323,7 @@ def test_a_read_of_several_channels_is_one_send_per_stream_of_several_channels()
 
 
 def test_events_of_several_channels_in_one_read_are_one_send_with_ids_in_order() -> None:
-    hub, group, _ = _hub()
+    hub, group, _ = resume_hub()
     first, second = _multi(), _multi()
     for s in (first, second):
         hub.attach("s", b"a", s)
