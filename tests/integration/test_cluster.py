@@ -272,59 +272,76 @@ async def through(
     return promoted, resubscribed, back, failed, len(published)
 
 
+async def survived(
+    cluster: Cluster,
+    start_bridge: StartBridge,
+    publisher: Publisher,
+    what: str,
+    prefix: str,
+    victim_at: int,
+    disrupt: Callable[[RedisProcess, RedisProcess], None],
+    check: Callable[[BridgeService, str, RedisProcess], None],
+) -> None:
+    """A bridge with streams on channels (``prefix``...) of every master; ``disrupt(master, replica)``
+    hits the master of the channel at ``victim_at`` while messages flow (``through``: the streams stay
+    whole); ``check(bridge, channel, replica)`` while the streams are open; the bridge ready again."""
+    service, port = await start_bridge(cluster.address)
+    cluster.wait_ok()
+    channels = spread(cluster, prefix, per_master=1)
+    clients = await open_streams(port, channels)
+    await until(lambda: service.hub.not_ready() is None, what="subscribed")
+    victim = channels[victim_at]
+    master = cluster.owner(key_slot(victim.encode()))
+    replica = cluster.replica_of(master)
+    promoted, moved, back, failed, total = await through(
+        cluster, service, publisher, clients, victim, lambda: disrupt(master, replica), replica
+    )
+    print(
+        f"\n{what}: replica master after {promoted:.2f}s, resubscribed after {moved:.2f}s, "
+        f"receiving again after {back:.2f}s, {failed} failed publishes of {total}"
+    )
+    check(service, victim, replica)
+    await until(lambda: service.hub.not_ready() is None, what="ready again")
+    for client in clients.values():
+        await client.disconnect()
+
+
 @pytest_twisted.ensureDeferred
 async def test_failover_asked_of_a_replica_keeps_streams_whole(
     cluster: Cluster, start_bridge: StartBridge, publisher: Publisher
 ) -> None:
-    service, port = await start_bridge(cluster.address)
-    channels = spread(cluster, "manual", per_master=1)
-    clients = await open_streams(port, channels)
-    await until(lambda: service.hub.not_ready() is None, what="subscribed")
-    victim = channels[1]
-    master = cluster.owner(key_slot(victim.encode()))
-    replica = cluster.replica_of(master)
+    def on_the_replica(service: BridgeService, victim: str, replica: RedisProcess) -> None:
+        assert transport(service).placed[victim.encode()].addr == ("127.0.0.1", replica.port)
 
-    def failover() -> None:
-        replica.command("CLUSTER", "FAILOVER")
-
-    promoted, moved, back, failed, total = await through(
-        cluster, service, publisher, clients, victim, failover, replica
+    await survived(
+        cluster,
+        start_bridge,
+        publisher,
+        "CLUSTER FAILOVER",
+        "manual",
+        1,
+        lambda master, replica: replica.command("CLUSTER", "FAILOVER"),
+        on_the_replica,
     )
-    print(
-        f"\nCLUSTER FAILOVER: replica master after {promoted:.2f}s, resubscribed after {moved:.2f}s, "
-        f"receiving again after {back:.2f}s, "
-        f"{failed} failed publishes of {total}"
-    )
-    assert transport(service).placed[victim.encode()].addr == ("127.0.0.1", replica.port)
-    await until(lambda: service.hub.not_ready() is None, what="ready again")
-    for client in clients.values():
-        await client.disconnect()
 
 
 @pytest_twisted.ensureDeferred
 async def test_a_master_killed_its_replica_takes_over(
     cluster: Cluster, start_bridge: StartBridge, publisher: Publisher
 ) -> None:
-    service, port = await start_bridge(cluster.address)
-    cluster.wait_ok()
-    channels = spread(cluster, "killed", per_master=1)
-    clients = await open_streams(port, channels)
-    await until(lambda: service.hub.not_ready() is None, what="subscribed")
-    victim = channels[2]
-    master = cluster.owner(key_slot(victim.encode()))
-    replica = cluster.replica_of(master)
-    promoted, moved, back, failed, total = await through(
-        cluster, service, publisher, clients, victim, master.kill, replica
+    def replica_owns_it(service: BridgeService, victim: str, replica: RedisProcess) -> None:
+        assert cluster.owner(key_slot(victim.encode())).port == replica.port
+
+    await survived(
+        cluster,
+        start_bridge,
+        publisher,
+        "master killed",
+        "killed",
+        2,
+        lambda master, replica: master.kill(),
+        replica_owns_it,
     )
-    print(
-        f"\nmaster killed: replica master after {promoted:.2f}s, resubscribed after {moved:.2f}s, "
-        f"receiving again after {back:.2f}s, "
-        f"{failed} failed publishes of {total}"
-    )
-    assert cluster.owner(key_slot(victim.encode())).port == replica.port
-    await until(lambda: service.hub.not_ready() is None, what="ready again")
-    for client in clients.values():
-        await client.disconnect()
 
 
 @pytest_twisted.ensureDeferred
