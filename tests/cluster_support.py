@@ -8,12 +8,12 @@ import random
 import shutil
 import socket
 import subprocess
-import time
 from dataclasses import dataclass, field
 from typing import Any
 
 from ssebridge.redis.slots import key_slot
-from ssebridge.testing import RedisProcess, RespError, redis_command
+from ssebridge.testing import RedisProcess, redis_command
+from tests.helpers import wait_for
 
 #: Milliseconds of silence after which the cluster counts a node as failed (and fails it over).
 NODE_TIMEOUT = 1000
@@ -85,18 +85,13 @@ class Cluster:
 
     def wait_ok(self, timeout: float = 20.0) -> None:
         """Until every live node says ``cluster_state:ok`` and they all agree on the slot map."""
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                states = {n.command("CLUSTER", "INFO").split(b"\r\n")[0] for n in self.live()}
-                maps = {repr(self.slot_map(n)) for n in self.live()}
-                if states == {b"cluster_state:ok"} and len(maps) == 1:
-                    return
-            except (OSError, ConnectionError, RespError):
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"the cluster did not settle: {states} {len(maps)} maps")
-            time.sleep(0.05)
+
+        def settled() -> bool:
+            states = {n.command("CLUSTER", "INFO").split(b"\r\n")[0] for n in self.live()}
+            maps = {repr(self.slot_map(n)) for n in self.live()}
+            return states == {b"cluster_state:ok"} and len(maps) == 1
+
+        wait_for(settled, "the cluster did not settle", timeout)
 
     def slot_map(self, node: RedisProcess | None = None) -> list[tuple[int, int, int]]:
         """``(first slot, last slot, master's port)`` per range, as ``node`` sees it."""

@@ -27,6 +27,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 
 from ssebridge.takeover import gone
+from ssebridge.testing import RespError
 from ssebridge.upstream.base import UpstreamError, UpstreamReply
 
 #: ``await run_bridge(ini_text, directory=tmp_path)``: a started in-process bridge (a conftest fixture).
@@ -79,6 +80,21 @@ def wait_port(port: int, timeout: float = 15.0, proc: subprocess.Popen[bytes] | 
             if time.monotonic() > deadline:
                 raise AssertionError(f"nothing listens on {port}") from None
             time.sleep(0.05)
+
+
+def wait_for(predicate: Callable[[], object], what: str, timeout: float = 15.0) -> None:
+    """Block until ``predicate()`` is true; a Redis that refuses or is not there yet counts as not yet.
+    For test processes' own setup (clusters, sentinels), outside the reactor."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if predicate():
+                return
+        except (OSError, ConnectionError, RespError):
+            pass
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{what}: not within {timeout}s")
+        time.sleep(0.05)
 
 
 def stop_process(proc: subprocess.Popen[bytes], timeout: float = 20.0) -> None:
@@ -147,8 +163,6 @@ def port_of(service: Any) -> int:
 # --- a front for upstream tests: a plain twisted.web Site that forwards to an Upstream ---------------
 
 WAIT = 10.0
-
-
 
 
 class Front(Resource):

@@ -10,13 +10,13 @@ import secrets
 import shutil
 import subprocess
 import tempfile
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from ssebridge.testing import RedisProcess, RespError, ServerProcess, free_port, redis_pipeline
+from ssebridge.testing import RedisProcess, ServerProcess, free_port, redis_pipeline
+from tests.helpers import wait_for
 
 MASTER_NAME = "mymaster"
 
@@ -134,7 +134,7 @@ class SentinelDeployment:
             for process in (self.master, self.replica):
                 redis_pipeline(process.address, [("CONFIG", "SET", "requirepass", self.password)])
                 authed(process.address, self.password, ("CONFIG", "SET", "masterauth", self.password))
-        _wait(lambda: b"master_link_status:up" in self.replica_info(), "replica in sync")
+        wait_for(lambda: b"master_link_status:up" in self.replica_info(), "replica in sync")
         return self
 
     def start_sentinels(self, timeout: float = 15.0) -> SentinelDeployment:
@@ -161,7 +161,7 @@ class SentinelDeployment:
             states = [s.master_state() for s in self.sentinels]
             return all(st["num-slaves"] == "1" and st["num-other-sentinels"] == "2" for st in states)
 
-        _wait(settled, "sentinels settled", timeout)
+        wait_for(settled, "sentinels settled", timeout)
         return self
 
     def start(self) -> SentinelDeployment:
@@ -198,16 +198,3 @@ def authed(
         return redis_pipeline(address, [args], timeout=timeout)[0]
     auth: tuple[bytes | str | int, ...] = ("AUTH", password)
     return redis_pipeline(address, [auth, args], timeout=timeout)[1]
-
-
-def _wait(predicate: Any, what: str, timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            if predicate():
-                return
-        except (OSError, ConnectionError, RespError):
-            pass
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"{what}: not within {timeout}s")
-        time.sleep(0.05)
